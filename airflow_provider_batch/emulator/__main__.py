@@ -1,0 +1,148 @@
+"""Command line: ``python -m airflow_provider_batch.emulator`` (or ``openai-batch-emulator``).
+
+Every flag has an environment variable, ``BATCH_EMULATOR_<FLAG>`` (``--fault-rate`` is
+``BATCH_EMULATOR_FAULT_RATE``); flags win. The first line printed is the base URL to give an
+OpenAI client, ``http://HOST:PORT/v1``; with ``--port 0`` the port is picked from the free ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+ENV_PREFIX = "BATCH_EMULATOR_"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openai-batch-emulator",
+        description="A local OpenAI-compatible Files + Batches server (SQLite-backed).",
+        epilog=f"Every flag can also be set as an environment variable {ENV_PREFIX}<FLAG>.",
+    )
+    server = parser.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1")
+    server.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    server.add_argument("--data-dir", type=Path, help="state directory (default: a new temporary directory)")
+    server.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request")
+    server.add_argument("--log-level", default="warning")
+
+    engine = parser.add_argument_group("processing")
+    engine.add_argument("--upstream", help="forward each request line to this OpenAI-compatible base URL")
+    engine.add_argument("--upstream-api-key", help="API key for --upstream (default: $OPENAI_API_KEY)")
+    engine.add_argument("--upstream-concurrency", type=int, default=8)
+    engine.add_argument("--time-scale", type=float, default=1.0, help="emulated seconds per real second")
+    engine.add_argument("--validating-delay", type=float, default=0.0, help="seconds spent validating")
+    engine.add_argument("--line-delay", type=float, default=0.0, help="seconds spent on each request line")
+    engine.add_argument("--finalizing-delay", type=float, default=0.0, help="seconds spent finalizing")
+    engine.add_argument("--cancelling-delay", type=float, default=0.0, help="seconds spent cancelling")
+    engine.add_argument(
+        "--shuffle-output",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write result lines out of input order, as OpenAI may",
+    )
+    engine.add_argument("--enqueued-token-limit", type=int, default=0, help="per-model token quota (0: off)")
+
+    faults = parser.add_argument_group("transient faults (API routes only)")
+    faults.add_argument("--fault-rate", type=float, default=0.0, help="probability of a fault per request")
+    faults.add_argument("--fault-kinds", default="429,500,503,drop", help="from 429,500,503,drop,drop_after")
+    faults.add_argument("--fault-routes", default="", help="regex on 'METHOD /path'; empty matches all")
+    faults.add_argument("--fault-count", type=int, default=-1, help="stop after this many faults (-1: never)")
+    faults.add_argument("--fault-seed", type=int, help="seed for reproducible faults")
+    faults.add_argument("--latency", type=float, default=0.0, help="seconds added to every API request")
+    faults.add_argument("--retry-after", type=float, default=0.1, help="seconds announced on injected 429s")
+    return parser
+
+
+def _env_defaults(parser: argparse.ArgumentParser) -> None:
+    """Let ``BATCH_EMULATOR_<FLAG>`` set any flag's default."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        value = os.environ.get(ENV_PREFIX + action.dest.upper())
+        if value is None:
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            action.default = value.lower() in {"1", "true", "yes"}
+        else:
+            action.default = action.type(value) if action.type else value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    _env_defaults(parser)
+    args = parser.parse_args(argv)
+
+    import uvicorn
+
+    from airflow_provider_batch.emulator.app import create_app
+    from airflow_provider_batch.emulator.engines import EchoEngine, Engine, UpstreamEngine
+    from airflow_provider_batch.emulator.settings import Settings, apply_changes
+
+    settings = Settings()
+    try:
+        apply_changes(
+            settings,
+            {
+                "time_scale": args.time_scale,
+                "validating_delay": args.validating_delay,
+                "line_delay": args.line_delay,
+                "finalizing_delay": args.finalizing_delay,
+                "cancelling_delay": args.cancelling_delay,
+                "shuffle_output": args.shuffle_output,
+                "enqueued_token_limit": args.enqueued_token_limit,
+                "faults": {
+                    "rate": args.fault_rate,
+                    "kinds": args.fault_kinds,
+                    "routes": args.fault_routes,
+                    "count": args.fault_count,
+                    "seed": args.fault_seed,
+                    "latency": args.latency,
+                    "retry_after": args.retry_after,
+                },
+            },
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    if settings.time_scale <= 0:
+        parser.error("--time-scale must be positive")
+
+    engine: Engine = EchoEngine()
+    if args.upstream:
+        key = args.upstream_api_key or os.environ.get("OPENAI_API_KEY")
+        engine = UpstreamEngine(args.upstream, key, concurrency=args.upstream_concurrency)
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="openai-batch-emulator-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(data_dir, settings=settings, engine=engine, api_key=args.api_key)
+
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    sock.listen(2048)
+    host, port = sock.getsockname()[:2]
+    shown_host = f"[{host}]" if family == socket.AF_INET6 else host
+    # Connections queue on the listening socket from here on, so the URL is usable at once.
+    print(f"http://{shown_host}:{port}/v1", flush=True)
+    print(f"data dir: {data_dir}", file=sys.stderr, flush=True)
+
+    config = uvicorn.Config(
+        app,
+        log_level=args.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    # uvicorn installs its own SIGINT/SIGTERM handlers that stop the server gracefully; SIGHUP too.
+    signal.signal(signal.SIGHUP, lambda *_: setattr(server, "should_exit", True))
+    server.run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()

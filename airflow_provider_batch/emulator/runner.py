@@ -1,0 +1,422 @@
+"""The batch lifecycle: ``validating → in_progress → finalizing → completed``, with the ``failed``,
+``expired`` and ``cancelling → cancelled`` branches.
+
+One asyncio task drives each unfinished batch. It always re-reads the stored record and runs the
+step for the stored status, so a batch resumes wherever it stood after a restart, and a cancel
+written by the API between two chunks is seen at the next one. Lines are processed in chunks;
+after each chunk the result lines are appended to partial files and the progress is committed
+with the counts, so nothing is lost or written twice when the server stops in between.
+
+Per-batch test controls ride in the batch ``metadata`` (any SDK can set them):
+``emulator_line_delay``, ``emulator_validating_delay``, ``emulator_finalizing_delay``,
+``emulator_cancelling_delay`` (seconds), ``emulator_expire_after_lines`` (expire once that many
+lines are done) and ``emulator_fail_validation`` (an error code, e.g. ``token_limit_exceeded``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+
+from airflow_provider_batch.emulator.engines import Engine, usage_of
+from airflow_provider_batch.emulator.errors import APIError
+from airflow_provider_batch.emulator.settings import Settings
+from airflow_provider_batch.emulator.store import BatchRecord, FileRecord, Progress, Store, Usage
+from airflow_provider_batch.emulator.validation import validate_input_file
+
+log = logging.getLogger(__name__)
+
+CHUNK_LINES = 500
+DAY = 86_400
+DEFAULT_FILE_TTL = 30 * DAY
+UNFINISHED_LINE_ERRORS = {
+    "expired": ("batch_expired", "This request could not be executed before the completion window expired."),
+    "cancelled": ("batch_cancelled", "This request was not executed because the batch was cancelled."),
+}
+TOKEN_LIMIT_MESSAGE = (
+    "Enqueued token limit reached for {model} in organization org-emulator. Limit: {limit:,} enqueued tokens."
+    " Please try again once some in_progress batches have been completed."
+)
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The delays and forced outcomes that apply to one batch: server settings, overridden by
+    the batch's ``emulator_*`` metadata."""
+
+    validating_delay: float
+    line_delay: float
+    finalizing_delay: float
+    cancelling_delay: float
+    expire_after_lines: int | None
+    fail_validation: str | None
+
+    @classmethod
+    def of(cls, batch: BatchRecord, settings: Settings) -> Controls:
+        meta = batch.metadata or {}
+
+        def seconds(name: str, default: float) -> float:
+            try:
+                return max(0.0, float(meta.get(f"emulator_{name}", default)))
+            except ValueError:
+                return default
+
+        expire_after = meta.get("emulator_expire_after_lines", "")
+        return cls(
+            validating_delay=seconds("validating_delay", settings.validating_delay),
+            line_delay=seconds("line_delay", settings.line_delay),
+            finalizing_delay=seconds("finalizing_delay", settings.finalizing_delay),
+            cancelling_delay=seconds("cancelling_delay", settings.cancelling_delay),
+            expire_after_lines=int(expire_after) if expire_after.isdigit() else None,
+            fail_validation=meta.get("emulator_fail_validation") or None,
+        )
+
+
+def scaled(seconds: float, settings: Settings) -> float:
+    """Real seconds that ``seconds`` of emulated time last under the current time scale."""
+    return seconds / settings.time_scale if settings.time_scale > 0 else seconds
+
+
+class BatchRunner:
+    """Owns one task per unfinished batch."""
+
+    def __init__(self, store: Store, engine: Engine, settings: Settings) -> None:
+        self.store = store
+        self.engine = engine
+        self.settings = settings
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def resume_all(self) -> None:
+        """Pick up every batch a previous server left unfinished."""
+        for batch in self.store.unfinished_batches():
+            self.wake(batch.id)
+
+    def wake(self, batch_id: str) -> None:
+        """Make sure a task drives ``batch_id``; harmless when one already does."""
+        task = self._tasks.get(batch_id)
+        if task is None or task.done():
+            self._tasks[batch_id] = asyncio.create_task(self._drive(batch_id), name=f"batch {batch_id}")
+
+    async def stop(self) -> None:
+        tasks = [task for task in self._tasks.values() if not task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _drive(self, batch_id: str) -> None:
+        steps = {
+            "validating": self._validate,
+            "in_progress": self._process,
+            "finalizing": self._finalize,
+            "cancelling": self._cancel,
+        }
+        try:
+            while True:
+                batch = self.store.get_batch(batch_id)
+                step = steps.get(batch.status)
+                if step is None:
+                    return
+                await step(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must fail the batch, not leave it running forever
+            log.exception("batch %s: processing failed", batch_id)
+            self.store.update_batch(batch_id, lambda b: _fail(b, "emulator_error", f"Emulator error: {exc}"))
+
+    # validating ----------------------------------------------------------------------------
+
+    async def _validate(self, batch: BatchRecord) -> None:
+        controls = Controls.of(batch, self.settings)
+        await asyncio.sleep(controls.validating_delay)
+        if time.time() >= batch.deadline:
+            await self._end_unfinished(batch, "expired")
+            return
+        try:
+            input_file = self.store.get_file(batch.input_file_id)
+        except APIError:
+            self.store.update_batch(
+                batch.id,
+                lambda b: _fail(b, "file_not_found", f"The input file {batch.input_file_id} no longer exists."),
+            )
+            return
+        report = await asyncio.to_thread(
+            validate_input_file, self.store.blob_path(input_file.id), batch.endpoint
+        )
+        errors = report.errors
+        if not errors and controls.fail_validation:
+            errors = [_forced_error(controls.fail_validation, report.model, self.settings)]
+        limit = self.settings.enqueued_token_limit
+        if not errors and limit and report.model:
+            queued = self.store.enqueued_tokens(report.model, excluding=batch.id)
+            if queued + report.estimated_tokens > limit:
+                errors = [_forced_error("token_limit_exceeded", report.model, self.settings)]
+
+        def settle(b: BatchRecord) -> None:
+            if b.status != "validating":
+                return  # cancelled meanwhile: the cancel step takes it from here
+            b.model = report.model
+            if errors:
+                b.status, b.failed_at, b.errors = "failed", int(time.time()), errors
+                return
+            b.status, b.in_progress_at = "in_progress", int(time.time())
+            b.request_counts.total = report.requests
+            b.enqueued_tokens = report.estimated_tokens
+
+        self.store.update_batch(batch.id, settle)
+
+    # in_progress ---------------------------------------------------------------------------
+
+    async def _process(self, batch: BatchRecord) -> None:
+        controls = Controls.of(batch, self.settings)
+        chunk_lines = 1 if controls.line_delay else CHUNK_LINES
+        with _PartialResults(self.store, batch, shuffle=self.settings.shuffle_output) as results:
+            while batch.status == "in_progress":
+                lines_done = batch.request_counts.completed + batch.request_counts.failed
+                expire_now = controls.expire_after_lines is not None and lines_done >= controls.expire_after_lines
+                if expire_now or time.time() >= batch.deadline:
+                    results.close()
+                    await self._end_unfinished(batch, "expired")
+                    return
+                chunk = await asyncio.to_thread(self._read_chunk, batch, chunk_lines)
+                if chunk.lines:
+                    responses = await self.engine.respond_many(batch.endpoint, [body for _, body in chunk.lines])
+                    if controls.line_delay:
+                        await asyncio.sleep(controls.line_delay * len(chunk.lines))
+                    written = await asyncio.to_thread(results.write, chunk, responses)
+                    batch = self.store.update_batch(batch.id, written.commit)
+                else:
+                    batch = self.store.update_batch(batch.id, _start_finalizing)
+
+    def _read_chunk(self, batch: BatchRecord, max_lines: int) -> _Chunk:
+        """Read up to ``max_lines`` requests from the committed input offset on."""
+        lines: list[tuple[str, dict[str, Any]]] = []
+        line_number = batch.progress.line_number
+        with self.store.blob_path(batch.input_file_id).open("rb") as source:
+            source.seek(batch.progress.input_offset)
+            while len(lines) < max_lines:
+                raw = source.readline()
+                if not raw:
+                    break
+                line_number += 1
+                if raw.strip():
+                    request = msgspec.json.decode(raw)
+                    lines.append((request["custom_id"], request["body"]))
+            return _Chunk(lines=lines, end_offset=source.tell(), end_line=line_number)
+
+    # finalizing, cancelling, expiry --------------------------------------------------------
+
+    async def _finalize(self, batch: BatchRecord) -> None:
+        controls = Controls.of(batch, self.settings)
+        await _sleep_until((batch.finalizing_at or time.time()) + controls.finalizing_delay)
+        batch = self.store.get_batch(batch.id)
+        if batch.status == "finalizing":  # not cancelled while we waited
+            self._publish(batch, "completed")
+
+    async def _cancel(self, batch: BatchRecord) -> None:
+        controls = Controls.of(batch, self.settings)
+        await _sleep_until((batch.cancelling_at or time.time()) + controls.cancelling_delay)
+        await self._end_unfinished(batch, "cancelled")
+
+    async def _end_unfinished(self, batch: BatchRecord, outcome: str) -> None:
+        """Write every line not yet run as an error line (``batch_expired`` or ``batch_cancelled``),
+        then publish the partial results and settle the batch as ``outcome``."""
+        if batch.in_progress_at is not None:
+            code, message = UNFINISHED_LINE_ERRORS[outcome]
+            with _PartialResults(self.store, batch, shuffle=self.settings.shuffle_output) as results:
+                while True:
+                    chunk = await asyncio.to_thread(self._read_chunk, batch, CHUNK_LINES)
+                    if not chunk.lines:
+                        break
+                    written = await asyncio.to_thread(results.write_unrun, chunk, code, message)
+                    batch = self.store.update_batch(batch.id, written.commit)
+        self._publish(batch, outcome)
+
+    def _publish(self, batch: BatchRecord, outcome: str) -> None:
+        """Turn the partial result files into ``batch_output`` files and settle the batch.
+
+        File ids derive from the batch id, so publishing again after a crash halfway through
+        finds the same files instead of creating new ones.
+        """
+        ids: dict[str, str | None] = {}
+        for kind in ("output", "error"):
+            part = _part_path(self.store, batch.id, kind)
+            file_id = "file-" + hashlib.blake2b(f"{batch.id}:{kind}".encode(), digest_size=12).hexdigest()
+            blob = self.store.blob_path(file_id)
+            if part.exists():
+                if part.stat().st_size == 0:
+                    part.unlink()
+                else:
+                    part.replace(blob)
+            if not blob.exists():
+                ids[kind] = None
+                continue
+            now = int(time.time())
+            ttl = scaled(batch.output_expires_after or DEFAULT_FILE_TTL, self.settings)
+            self.store.add_file(
+                FileRecord(
+                    id=file_id,
+                    bytes=blob.stat().st_size,
+                    created_at=now,
+                    expires_at=now + max(1, round(ttl)),
+                    filename=f"batch_{batch.id}_{kind}.jsonl",
+                    purpose="batch_output",
+                )
+            )
+            ids[kind] = file_id
+
+        def settle(b: BatchRecord) -> None:
+            b.output_file_id, b.error_file_id = ids["output"], ids["error"]
+            b.status = outcome
+            setattr(b, f"{outcome}_at", int(time.time()))
+
+        self.store.update_batch(batch.id, settle)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    lines: list[tuple[str, dict[str, Any]]]
+    end_offset: int
+    end_line: int
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What one chunk added; ``commit`` applies it to the stored record."""
+
+    chunk: _Chunk
+    output_bytes: int
+    error_bytes: int
+    completed: int
+    failed: int
+    usage: Usage
+
+    def commit(self, batch: BatchRecord) -> None:
+        batch.progress = Progress(
+            input_offset=self.chunk.end_offset,
+            line_number=self.chunk.end_line,
+            output_bytes=self.output_bytes,
+            error_bytes=self.error_bytes,
+        )
+        batch.request_counts.completed += self.completed
+        batch.request_counts.failed += self.failed
+        batch.usage.add(self.usage)
+
+
+class _PartialResults:
+    """The output and error files of a running batch, cut back to the committed progress on open
+    so that lines written after the last commit (then lost to a crash) are not duplicated."""
+
+    def __init__(self, store: Store, batch: BatchRecord, *, shuffle: bool) -> None:
+        self.batch = batch
+        self.shuffle = shuffle
+        self.files: dict[str, IO[bytes]] = {}
+        for kind, size in (("output", batch.progress.output_bytes), ("error", batch.progress.error_bytes)):
+            path = _part_path(store, batch.id, kind)
+            if path.exists():
+                handle = path.open("r+b")
+                handle.truncate(size)
+                handle.seek(size)
+            else:  # a new batch, or one whose results were already published before a crash
+                handle = path.open("wb")
+            self.files[kind] = handle
+
+    def __enter__(self) -> _PartialResults:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for handle in self.files.values():
+            handle.close()
+
+    def write(self, chunk: _Chunk, responses: list[tuple[int, dict[str, Any]]]) -> _Written:
+        ok: list[bytes] = []
+        failed: list[bytes] = []
+        usage = Usage()
+        for (custom_id, _), (status, body) in zip(chunk.lines, responses, strict=True):
+            line = {
+                "id": _line_id("batch_req_", self.batch.id, custom_id),
+                "custom_id": custom_id,
+                "response": {
+                    "status_code": status,
+                    "request_id": _line_id("req_", self.batch.id, custom_id),
+                    "body": body,
+                },
+                "error": None,
+            }
+            (ok if 200 <= status < 300 else failed).append(msgspec.json.encode(line))
+            usage.add(usage_of(self.batch.endpoint, status, body))
+        return self._append(chunk, ok, failed, usage)
+
+    def write_unrun(self, chunk: _Chunk, code: str, message: str) -> _Written:
+        failed = [
+            msgspec.json.encode(
+                {
+                    "id": _line_id("batch_req_", self.batch.id, custom_id),
+                    "custom_id": custom_id,
+                    "response": None,
+                    "error": {"code": code, "message": message},
+                }
+            )
+            for custom_id, _ in chunk.lines
+        ]
+        return self._append(chunk, [], failed, Usage())
+
+    def _append(self, chunk: _Chunk, ok: list[bytes], failed: list[bytes], usage: Usage) -> _Written:
+        if self.shuffle:
+            rng = random.Random(f"{self.batch.id}:{chunk.end_offset}")
+            rng.shuffle(ok)
+            rng.shuffle(failed)
+        for kind, lines in (("output", ok), ("error", failed)):
+            if lines:
+                self.files[kind].write(b"\n".join(lines) + b"\n")
+            self.files[kind].flush()
+        return _Written(
+            chunk=chunk,
+            output_bytes=self.files["output"].tell(),
+            error_bytes=self.files["error"].tell(),
+            completed=len(ok),
+            failed=len(failed),
+            usage=usage,
+        )
+
+
+def _part_path(store: Store, batch_id: str, kind: str) -> Path:
+    return store.work_dir / f"{batch_id}.{kind}.part"
+
+
+def _line_id(prefix: str, batch_id: str, custom_id: str) -> str:
+    return prefix + hashlib.blake2b(f"{batch_id}:{custom_id}".encode(), digest_size=12).hexdigest()
+
+
+def _start_finalizing(batch: BatchRecord) -> None:
+    if batch.status == "in_progress":
+        batch.status, batch.finalizing_at = "finalizing", int(time.time())
+
+
+def _fail(batch: BatchRecord, code: str, message: str) -> None:
+    batch.status, batch.failed_at = "failed", int(time.time())
+    batch.errors = [{"code": code, "message": message, "param": None, "line": None}]
+
+
+def _forced_error(code: str, model: str | None, settings: Settings) -> dict[str, Any]:
+    if code == "token_limit_exceeded":
+        message = TOKEN_LIMIT_MESSAGE.format(model=model, limit=settings.enqueued_token_limit or 2_000_000)
+    else:
+        message = f"Validation failed with {code} (forced by emulator_fail_validation)."
+    return {"code": code, "message": message, "param": None, "line": None}
+
+
+async def _sleep_until(moment: float) -> None:
+    delay = moment - time.time()
+    if delay > 0:
+        await asyncio.sleep(delay)
