@@ -34,7 +34,13 @@ from airflow_provider_batch.emulator.settings import Settings, apply_changes
 from airflow_provider_batch.emulator.store import BatchRecord, FileRecord, Store, new_id
 
 MAX_JSON_BODY = 1024 * 1024
-SYNC_ENDPOINTS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/embeddings", "/v1/moderations")
+SYNC_ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/responses",
+    "/v1/embeddings",
+    "/v1/moderations",
+)
 
 
 @dataclass
@@ -172,7 +178,9 @@ async def upload_file(request: Request) -> Response:
     async with request.form(max_files=1, max_fields=8) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
-            raise invalid("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
+            raise invalid(
+                "Missing required parameter: 'file'.", param="file", code="missing_required_parameter"
+            )
         purpose = form.get("purpose")
         if not isinstance(purpose, str) or not purpose:
             raise invalid(
@@ -227,7 +235,9 @@ def _copy_upload(upload: UploadFile, target: Path) -> None:
 async def list_files(request: Request) -> Response:
     order = request.query_params.get("order", "desc")
     if order not in ("asc", "desc"):
-        raise invalid(f"Invalid value for 'order': '{order[:20]}'. Supported values are: 'asc' and 'desc'.", "order")
+        raise invalid(
+            f"Invalid value for 'order': '{order[:20]}'. Supported values are: 'asc' and 'desc'.", "order"
+        )
     page = _emulator(request).store.list_files(
         purpose=request.query_params.get("purpose"),
         after=request.query_params.get("after"),
@@ -266,7 +276,8 @@ async def create_batch(request: Request) -> Response:
         raise invalid(f"Cannot find file {params.input_file_id}.", param="input_file_id") from None
     if input_file.purpose != "batch":
         raise invalid(
-            f"The file {input_file.id} has purpose '{input_file.purpose}'; a batch input file must be uploaded"
+            f"The file {input_file.id} has purpose '{input_file.purpose}'; a batch input file must be"
+            " uploaded"
             " with purpose 'batch'.",
             param="input_file_id",
         )

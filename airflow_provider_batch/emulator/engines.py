@@ -54,9 +54,7 @@ MODERATION_CATEGORIES = (
     "violence/graphic",
 )
 # The smallest valid PNG (1x1, transparent): image endpoints return it as b64_json.
-TINY_PNG = (
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
-)
+TINY_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
 _WORD = re.compile(r"\w+")
 
 
@@ -234,7 +232,9 @@ def _count(n: Any) -> int:
 def _completion(body: dict[str, Any], model: str) -> dict[str, Any]:
     prompt_value = _required(body, "prompt")
     prompts = prompt_value if isinstance(prompt_value, list) else [prompt_value]
-    prompts = [p if isinstance(p, str) else " ".join(map(str, p)) if isinstance(p, list) else str(p) for p in prompts]
+    prompts = [
+        p if isinstance(p, str) else " ".join(map(str, p)) if isinstance(p, list) else str(p) for p in prompts
+    ]
     choices = []
     for index, prompt in enumerate(prompts):
         answer, finish = _cap(f"echo: {prompt}", body.get("max_tokens", 16))
@@ -404,7 +404,9 @@ _ECHO_BUILDERS = {
 class UpstreamEngine:
     """Forwards each line to ``base_url`` + the endpoint path, at most ``concurrency`` at once."""
 
-    def __init__(self, base_url: str, api_key: str | None, concurrency: int = 8, timeout: float = 600.0) -> None:
+    def __init__(
+        self, base_url: str, api_key: str | None, concurrency: int = 8, timeout: float = 600.0
+    ) -> None:
         import httpx
 
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -429,7 +431,9 @@ class UpstreamEngine:
         try:
             payload = reply.json()
         except ValueError:
-            payload = error_body(f"The upstream server answered {reply.status_code} without JSON.", type="server_error")
+            payload = error_body(
+                f"The upstream server answered {reply.status_code} without JSON.", type="server_error"
+            )
         if not isinstance(payload, dict):
             payload = {"data": payload}
         return reply.status_code, payload

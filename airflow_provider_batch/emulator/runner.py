@@ -129,7 +129,8 @@ class BatchRunner:
             raise
         except Exception as exc:  # a bug here must fail the batch, not leave it running forever
             log.exception("batch %s: processing failed", batch_id)
-            self.store.update_batch(batch_id, lambda b: _fail(b, "emulator_error", f"Emulator error: {exc}"))
+            message = f"Emulator error: {type(exc).__name__}: {exc}"
+            self.store.update_batch(batch_id, lambda b: _fail(b, "emulator_error", message))
 
     # validating ----------------------------------------------------------------------------
 
@@ -144,7 +145,9 @@ class BatchRunner:
         except APIError:
             self.store.update_batch(
                 batch.id,
-                lambda b: _fail(b, "file_not_found", f"The input file {batch.input_file_id} no longer exists."),
+                lambda b: _fail(
+                    b, "file_not_found", f"The input file {batch.input_file_id} no longer exists."
+                ),
             )
             return
         report = await asyncio.to_thread(
@@ -180,14 +183,18 @@ class BatchRunner:
         with _PartialResults(self.store, batch, shuffle=self.settings.shuffle_output) as results:
             while batch.status == "in_progress":
                 lines_done = batch.request_counts.completed + batch.request_counts.failed
-                expire_now = controls.expire_after_lines is not None and lines_done >= controls.expire_after_lines
+                expire_now = (
+                    controls.expire_after_lines is not None and lines_done >= controls.expire_after_lines
+                )
                 if expire_now or time.time() >= batch.deadline:
                     results.close()
                     await self._end_unfinished(batch, "expired")
                     return
                 chunk = await asyncio.to_thread(self._read_chunk, batch, chunk_lines)
                 if chunk.lines:
-                    responses = await self.engine.respond_many(batch.endpoint, [body for _, body in chunk.lines])
+                    responses = await self.engine.respond_many(
+                        batch.endpoint, [body for _, body in chunk.lines]
+                    )
                     if controls.line_delay:
                         await asyncio.sleep(controls.line_delay * len(chunk.lines))
                     written = await asyncio.to_thread(results.write, chunk, responses)

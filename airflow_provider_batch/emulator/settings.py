@@ -118,7 +118,9 @@ def _check_faults(faults: FaultSettings) -> None:
         raise ValueError(f"faults.rate must be between 0 and 1, got {faults.rate}")
     unknown = sorted(set(faults.kinds) - set(FAULT_KINDS))
     if unknown or not faults.kinds:
-        raise ValueError(f"faults.kinds must be a non-empty subset of {', '.join(FAULT_KINDS)}; got {unknown}")
+        raise ValueError(
+            f"faults.kinds must be a non-empty subset of {', '.join(FAULT_KINDS)}; got {unknown}"
+        )
     try:
         re.compile(faults.routes)
     except re.error as exc:

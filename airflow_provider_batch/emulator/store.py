@@ -336,4 +336,3 @@ class Page(msgspec.Struct):
             "last_id": self.items[-1].id if self.items else None,
             "has_more": self.has_more,
         }
-

@@ -79,7 +79,9 @@ def parse_create_batch(payload: Any) -> CreateBatch:
         endpoint=endpoint,
         completion_window=window,
         metadata=parse_metadata(payload.get("metadata")),
-        output_expires_after=None if expires is None else parse_expires_after(expires, "output_expires_after"),
+        output_expires_after=None
+        if expires is None
+        else parse_expires_after(expires, "output_expires_after"),
     )
 
 
@@ -247,7 +249,9 @@ def validate_input_file(path: Path, endpoint: str) -> FileReport:
             if endpoint == "/v1/embeddings":
                 embedding_inputs += count_embedding_inputs(body.get("input"))
     if report.requests == 0:
-        report.add("empty_file", "The batch input file is empty; it must contain at least one request.", line=None)
+        report.add(
+            "empty_file", "The batch input file is empty; it must contain at least one request.", line=None
+        )
     if embedding_inputs > MAX_EMBEDDING_INPUTS:
         report.add(
             "too_many_embedding_inputs",

@@ -1,0 +1,102 @@
+"""Run the emulator in a child process: what tests, the demo and the benchmarks share.
+
+The child is the real command line (``python -m airflow_provider_batch.emulator``) on a free
+port, so everything talks HTTP over real sockets, exactly as a user's client would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+
+class EmulatorProcess:
+    """A running emulator: its base URL, its data directory and a few admin helpers."""
+
+    def __init__(self, data_dir: Path | None = None, *args: str, api_key: str | None = None) -> None:
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="openai-batch-emulator-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.args = list(args)
+        self.api_key = api_key
+        command = [sys.executable, "-m", "airflow_provider_batch.emulator", "--port", "0"]
+        command += ["--data-dir", str(self.data_dir), *self.args]
+        if api_key:
+            command += ["--api-key", api_key]
+        self._log = (self.data_dir / "emulator.log").open("ab")
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=self._log, env=os.environ.copy()
+        )
+        assert self.process.stdout is not None
+        first_line = self.process.stdout.readline().decode().strip()
+        if not first_line.startswith("http"):
+            self.stop()
+            raise RuntimeError(f"the emulator did not start; see {self.data_dir / 'emulator.log'}")
+        self.base_url = first_line
+        """``http://127.0.0.1:PORT/v1``: what an OpenAI client takes as ``base_url``."""
+        self.root_url = first_line.removesuffix("/v1")
+
+    # lifecycle ------------------------------------------------------------------------------
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Stop the server (SIGTERM: graceful; SIGKILL: a crash) and return its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+    def restart(self, sig: int = signal.SIGTERM) -> EmulatorProcess:
+        """Stop this server and start a new one on the same data directory (and flags)."""
+        self.stop(sig)
+        return EmulatorProcess(self.data_dir, *self.args, api_key=self.api_key)
+
+    def __enter__(self) -> EmulatorProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # clients ----------------------------------------------------------------------------------
+
+    def client(self, **options: Any) -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "emulator", **options)
+
+    def async_client(self, **options: Any) -> Any:
+        import openai
+
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or "emulator", **options)
+
+    # admin ------------------------------------------------------------------------------------
+
+    def admin(self, method: str, path: str, payload: Any = None) -> Any:
+        """Call an admin route under ``/_emulator`` and return its JSON."""
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(f"{self.root_url}/_emulator/{path}", data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        if self.api_key:
+            request.add_header("Authorization", f"Bearer {self.api_key}")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.load(response)
+
+    def configure(self, **changes: Any) -> dict[str, Any]:
+        """Change settings at runtime (e.g. ``configure(faults={"rate": 0.3})``)."""
+        return self.admin("PATCH", "settings", changes)
+
+    def stats(self) -> dict[str, Any]:
+        return self.admin("GET", "stats")
+
+    def reset_stats(self) -> dict[str, Any]:
+        return self.admin("DELETE", "stats")

@@ -1,0 +1,32 @@
+"""Shared fixtures: a real emulator process on a free port, driven over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_batch.emulator.process import EmulatorProcess
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
+    """One emulator shared by the session, for tests that leave its settings alone."""
+    with EmulatorProcess(tmp_path_factory.mktemp("emulator")) as server:
+        yield server
+
+
+@pytest.fixture
+def make_emulator(tmp_path: Path) -> Iterator[Callable[..., EmulatorProcess]]:
+    """Start private emulators (own flags, own data dir) that are stopped after the test."""
+    started: list[EmulatorProcess] = []
+
+    def start(*flags: str, api_key: str | None = None, data_dir: Path | None = None) -> EmulatorProcess:
+        server = EmulatorProcess(data_dir or tmp_path / f"emulator-{len(started)}", *flags, api_key=api_key)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
