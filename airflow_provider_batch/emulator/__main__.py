@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     _env_defaults(parser)
     args = parser.parse_args(argv)
+    # SIGTERM is the normal way to stop the server, so it exits with 0: uvicorn stops gracefully on
+    # it and then re-raises it, which would otherwise end the process with -SIGTERM.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     import uvicorn
 

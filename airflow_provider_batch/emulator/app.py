@@ -22,7 +22,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, MalformedRangeHeader, RangeNotSatisfiable, Response
 from starlette.routing import Route
 
 from airflow_provider_batch.emulator import validation
@@ -144,7 +144,7 @@ async def _read_json(request: Request) -> Any:
             raise APIError(413, f"The request body is larger than {MAX_JSON_BODY} bytes.")
     try:
         return msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bad UTF-8 in a string
         raise invalid(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your"
             " HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid"
@@ -261,7 +261,24 @@ async def file_content(request: Request) -> Response:
     """Stream the blob (with HTTP Range support, so clients can resume a broken download)."""
     store = _emulator(request).store
     record = store.get_file(request.path_params["file_id"])
-    return FileResponse(store.blob_path(record.id), media_type="application/octet-stream")
+    path = store.blob_path(record.id)
+    http_range = request.headers.get("range")
+    if http_range is not None and "if-range" not in request.headers:
+        # FileResponse answers a bad Range with a bare text/plain 400 or 416; check it first with the
+        # same parser so that those errors carry OpenAI's envelope like every other error.
+        size = path.stat().st_size
+        try:
+            FileResponse._parse_range_header(http_range, size)
+        except MalformedRangeHeader as exc:
+            raise invalid(f"Invalid Range header: {exc.content}", param="range") from None
+        except RangeNotSatisfiable:
+            raise APIError(
+                416,
+                f"The requested range is not satisfiable for a file of {size} bytes.",
+                param="range",
+                headers={"content-range": f"bytes */{size}"},
+            ) from None
+    return FileResponse(path, media_type="application/octet-stream")
 
 
 # Batches ---------------------------------------------------------------------------------------

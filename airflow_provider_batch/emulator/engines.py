@@ -179,7 +179,8 @@ def _cap(text: str, limit: Any) -> tuple[str, str]:
 
 
 def _answer_text(prompt: str, body: dict[str, Any]) -> str:
-    fmt = body.get("response_format") or (body.get("text") or {}).get("format") or {}
+    text = body.get("text")  # a Responses ``text`` config object; anything else has no format
+    fmt = body.get("response_format") or (text.get("format") if isinstance(text, dict) else None) or {}
     if isinstance(fmt, dict) and fmt.get("type") in {"json_object", "json_schema"}:
         import json
 
@@ -264,7 +265,10 @@ def _response(body: dict[str, Any], model: str) -> dict[str, Any]:
         prompt = " ".join(_text_of(item.get("content")) for item in given if isinstance(item, dict))
     else:
         raise _BadRequest("Invalid type for 'input': expected a string or an array of input items.", "input")
-    full_prompt = " ".join(filter(None, [body.get("instructions") or "", prompt]))
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise _BadRequest("Invalid type for 'instructions': expected a string.", "instructions")
+    full_prompt = " ".join(filter(None, [instructions or "", prompt]))
     answer, finish = _cap(_answer_text(prompt, body), body.get("max_output_tokens"))
     input_tokens, output_tokens = _tokens(full_prompt), _tokens(answer)
     created = int(time.time())

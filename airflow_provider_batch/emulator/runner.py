@@ -190,7 +190,10 @@ class BatchRunner:
                     results.close()
                     await self._end_unfinished(batch, "expired")
                     return
-                chunk = await asyncio.to_thread(self._read_chunk, batch, chunk_lines)
+                limit = chunk_lines
+                if controls.expire_after_lines is not None:  # stop exactly at the line where it expires
+                    limit = min(limit, controls.expire_after_lines - lines_done)
+                chunk = await asyncio.to_thread(self._read_chunk, batch, limit)
                 if chunk.lines:
                     responses = await self.engine.respond_many(
                         batch.endpoint, [body for _, body in chunk.lines]

@@ -1,0 +1,412 @@
+"""``OpenAIBatchHook``: the Files and Batches endpoints for OpenAI, Azure OpenAI and any
+OpenAI-compatible server, behind one connection and one retry policy.
+
+The connection (type ``openai_batch``; connections of the official provider's type ``openai``
+work unchanged):
+
+- password: the API key;
+- host: the base URL (or extra ``base_url``), e.g. ``http://127.0.0.1:8000/v1`` for the emulator;
+- extra ``organization``, ``project``, ``timeout`` (seconds per HTTP call), ``default_headers``
+  (object);
+- extra ``max_retries``, ``retry_initial_wait``, ``retry_max_wait``, ``retry_max_total``: the
+  :class:`~airflow_provider_batch.hooks.retry.RetryPolicy` (5 retries, 1 s doubling to 60 s,
+  300 s in all by default);
+- extra ``api_type: "azure"`` with ``api_version`` and ``azure_endpoint`` (or host) for Azure
+  OpenAI, which needs ``AzureOpenAI`` and its deployment-name models.
+
+Sync calls run on workers; the async surface (``aget_batch``, ``acancel_batch``) is what the
+trigger needs and never blocks the event loop: the connection is resolved with Airflow's async
+connection API and the client is built in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
+
+import openai
+from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
+from airflow.sdk import BaseHook
+
+from airflow_provider_batch.hooks.retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection, ObjectStoragePath
+    from openai.types import Batch, FileObject
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_KEY = "airflow_idempotency_key"
+"""Metadata key under which every batch we create carries its idempotency key."""
+CLOCK_SKEW = 300
+"""Seconds of tolerance between our clock and the server's when bounding a metadata lookup."""
+DOWNLOAD_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Everything needed to build an OpenAI client; hashable, so async clients can be shared.
+
+    The key is kept out of ``repr`` so the config can appear in logs and tracebacks.
+    """
+
+    api_key: str | None = field(repr=False)
+    base_url: str | None = None
+    organization: str | None = None
+    project: str | None = None
+    timeout: float = 600.0
+    default_headers: tuple[tuple[str, str], ...] = ()
+    api_type: str = "openai"
+    api_version: str | None = None
+    azure_endpoint: str | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+    @classmethod
+    def from_connection(cls, conn: Connection, extra: dict[str, Any]) -> ClientConfig:
+        """Read a connection of type ``openai_batch`` (or the official provider's ``openai``)."""
+        api_type = str(extra.get("api_type") or "openai").lower()
+        if api_type not in ("openai", "azure"):
+            raise ValueError(f"connection {conn.conn_id!r}: extra 'api_type' must be 'openai' or 'azure'")
+        host = conn.host or None
+        if host and conn.schema and "://" not in host:
+            host = f"{conn.schema}://{host}"
+        if host and conn.port and "://" in host and host.count(":") == 1:
+            host = f"{host}:{conn.port}"
+        base_url = extra.get("base_url") or (host if api_type == "openai" else None)
+        headers = extra.get("default_headers") or {}
+        if not isinstance(headers, dict):
+            raise ValueError(f"connection {conn.conn_id!r}: extra 'default_headers' must be an object")
+        return cls(
+            api_key=conn.password or None,
+            base_url=base_url,
+            organization=extra.get("organization") or None,
+            project=extra.get("project") or None,
+            timeout=float(extra.get("timeout", 600.0)),
+            default_headers=tuple(sorted((str(k), str(v)) for k, v in headers.items())),
+            api_type=api_type,
+            api_version=extra.get("api_version") or None,
+            azure_endpoint=extra.get("azure_endpoint") or (host if api_type == "azure" else None),
+            retry=RetryPolicy.from_extra(extra),
+        )
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments shared by the four client classes (sync/async, OpenAI/Azure)."""
+        kwargs: dict[str, Any] = {
+            "api_key": self.api_key,
+            "organization": self.organization,
+            "project": self.project,
+            "timeout": self.timeout,
+            "max_retries": 0,  # the hook's RetryPolicy owns retries; see hooks/retry.py
+            "default_headers": dict(self.default_headers) or None,
+        }
+        if self.api_type == "azure":
+            if not self.azure_endpoint or not self.api_version:
+                raise ValueError(
+                    "an Azure OpenAI connection needs 'azure_endpoint' (or host) and 'api_version'"
+                )
+            kwargs.update(api_version=self.api_version, azure_endpoint=self.azure_endpoint)
+        else:
+            kwargs["base_url"] = self.base_url
+        return kwargs
+
+    def build(self, *, asynchronous: bool) -> openai.OpenAI | openai.AsyncOpenAI:
+        """Build the client this configuration describes. Costs tens of milliseconds of CPU (TLS
+        context), so async callers run it in a thread and share the result."""
+        if self.api_type == "azure":
+            cls: type = openai.AsyncAzureOpenAI if asynchronous else openai.AzureOpenAI
+        else:
+            cls = openai.AsyncOpenAI if asynchronous else openai.OpenAI
+        return cls(**self.client_kwargs())
+
+
+# One AsyncOpenAI per configuration per event loop: a triggerer running a thousand triggers on
+# one connection shares one client, so one connection pool and one TLS context.
+_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ClientConfig, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class OpenAIBatchHook(BaseHook):
+    """Interact with the OpenAI Batch and Files API.
+
+    :param conn_id: an ``openai_batch`` (or ``openai``) connection id.
+    """
+
+    conn_name_attr = "conn_id"
+    default_conn_name = "openai_default"
+    conn_type = "openai_batch"
+    hook_name = "OpenAI Batch"
+
+    def __init__(self, conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.conn_id = conn_id
+        self._async_config: ClientConfig | None = None
+
+    # clients -----------------------------------------------------------------------------------
+
+    @cached_property
+    def config(self) -> ClientConfig:
+        """The client configuration, resolved once through the synchronous connection API."""
+        conn = self.get_connection(self.conn_id)
+        return ClientConfig.from_connection(conn, conn.extra_dejson)
+
+    async def aconfig(self) -> ClientConfig:
+        """The client configuration, resolved without blocking the event loop.
+
+        ``get_connection`` and ``extra_dejson`` call the supervisor synchronously; on a trigger's
+        loop that blocks every other trigger (and can deadlock before Airflow 3.3.2), so the async
+        connection API is used, through the compat helpers that fall back to a thread.
+        """
+        if self._async_config is None:
+            conn = await get_async_connection(self.conn_id, hook=self)
+            extra = await get_async_extra_dejson(conn)
+            self._async_config = ClientConfig.from_connection(conn, extra)
+        return self._async_config
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return (self._async_config or self.config).retry
+
+    def get_conn(self) -> openai.OpenAI:
+        """The synchronous client (``OpenAI`` or ``AzureOpenAI``)."""
+        return self._client
+
+    @cached_property
+    def _client(self) -> openai.OpenAI:
+        return self.config.build(asynchronous=False)  # type: ignore[return-value]
+
+    async def aget_conn(self) -> openai.AsyncOpenAI:
+        """The asynchronous client, shared by every hook on this event loop with the same config."""
+        config = await self.aconfig()
+        clients = _ASYNC_CLIENTS.setdefault(asyncio.get_running_loop(), {})
+        client = clients.get(config)
+        if client is None:
+            client = await asyncio.to_thread(config.build, asynchronous=True)
+            client = clients.setdefault(config, client)
+        return client
+
+    def test_connection(self) -> tuple[bool, str]:
+        """One cheap authenticated call, for the UI's Test button. Never echoes the key."""
+        try:
+            self.get_conn().batches.list(limit=1)
+        except openai.APIStatusError as exc:
+            return False, f"HTTP {exc.status_code}: {_server_message(exc)}"
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, "Connection successfully tested: the Batch API answered."
+
+    # calls ---------------------------------------------------------------------------------------
+
+    def _call(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        for attempt in self.retry_policy.retrying():
+            with attempt:
+                return operation(*args, **kwargs)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _acall(self, operation: Any, *args: Any, **kwargs: Any) -> Any:
+        async for attempt in (await self.aconfig()).retry.async_retrying():
+            with attempt:
+                return await operation(*args, **kwargs)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    # files -----------------------------------------------------------------------------------------
+
+    def upload_file(
+        self,
+        source: str | os.PathLike[str] | ObjectStoragePath | BinaryIO,
+        *,
+        purpose: str = "batch",
+        filename: str | None = None,
+        expires_after_seconds: int | None = None,
+    ) -> FileObject:
+        """Upload a file, streamed from disk or object storage (never read whole into memory).
+
+        :param source: a local path, an ``ObjectStoragePath``, or a binary file object (which must
+            be seekable to be retried).
+        :param filename: the name sent to the server (defaults to the source's name); batch input
+            files must end in ``.jsonl``.
+        :param expires_after_seconds: delete the file this long after upload (3,600 to 2,592,000);
+            the API's default for batch files is 30 days.
+        """
+        extra_body = None
+        if expires_after_seconds is not None:
+            extra_body = {"expires_after": {"anchor": "created_at", "seconds": expires_after_seconds}}
+
+        def send() -> FileObject:
+            with _open_source(source) as (name, stream):
+                return self.get_conn().files.create(
+                    file=(filename or name, stream), purpose=purpose, extra_body=extra_body
+                )
+
+        return self._call(send)
+
+    def download_file(
+        self, file_id: str, destination: str | os.PathLike[str] | ObjectStoragePath | BinaryIO
+    ) -> int:
+        """Stream a file's content to ``destination``; return the bytes written.
+
+        The body is copied in 1 MiB blocks, never held whole. A transient failure part-way resumes
+        with an HTTP ``Range`` request from the bytes already written (large outputs are known to
+        break mid-download), or starts over if the server ignores the range.
+        """
+        with _open_destination(destination) as sink:
+            start = sink.tell()
+            written = 0
+            for attempt in self.retry_policy.retrying():
+                with attempt:
+                    headers = {"Range": f"bytes={written}-"} if written else None
+                    with self.get_conn().files.with_streaming_response.content(
+                        file_id, extra_headers=headers
+                    ) as response:
+                        if written and response.status_code != 206:
+                            sink.seek(start)
+                            sink.truncate()
+                            written = 0
+                        for block in response.iter_bytes(DOWNLOAD_CHUNK):
+                            sink.write(block)
+                            written += len(block)
+            return written
+
+    def delete_file(self, file_id: str) -> bool:
+        return bool(self._call(self.get_conn().files.delete, file_id).deleted)
+
+    # batches ---------------------------------------------------------------------------------------
+
+    def create_batch(
+        self,
+        input_file_id: str,
+        endpoint: str,
+        *,
+        completion_window: str = "24h",
+        metadata: dict[str, str] | None = None,
+        output_expires_after_seconds: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Batch:
+        """Create a batch exactly once, even when responses are lost.
+
+        The batch carries ``idempotency_key`` (a new UUID when not given) in its metadata under
+        :data:`IDEMPOTENCY_KEY`. A create is never replayed blindly: after a transient failure,
+        whose batch may or may not exist (a 5xx, a timeout, a dropped connection), each new attempt
+        first looks the key up and returns the batch it finds.
+        """
+        key = idempotency_key or uuid.uuid4().hex
+        tagged = {**(metadata or {}), IDEMPOTENCY_KEY: key}
+        extra_body = None
+        if output_expires_after_seconds is not None:
+            extra_body = {
+                "output_expires_after": {"anchor": "created_at", "seconds": output_expires_after_seconds}
+            }
+        started = time.time()
+        for attempt in self.retry_policy.retrying():
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    earlier = self.find_batch_by_metadata(
+                        IDEMPOTENCY_KEY, key, created_after=started - CLOCK_SKEW
+                    )
+                    if earlier is not None:
+                        log.info("Batch %s was created by an attempt whose response was lost", earlier.id)
+                        return earlier
+                batch = self.get_conn().batches.create(
+                    input_file_id=input_file_id,
+                    endpoint=endpoint,  # type: ignore[arg-type]
+                    completion_window=completion_window,  # type: ignore[arg-type]
+                    metadata=tagged,
+                    extra_body=extra_body,
+                )
+                log.info("Created batch %s", batch.id)
+                return batch
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def get_batch(self, batch_id: str) -> Batch:
+        return self._call(self.get_conn().batches.retrieve, batch_id)
+
+    def cancel_batch(self, batch_id: str) -> Batch:
+        return self._call(self.get_conn().batches.cancel, batch_id)
+
+    def list_batches(self, page_size: int = 100) -> Iterator[Batch]:
+        """Every batch, newest first, page by page (each page retried on its own)."""
+        after: str | None = None
+        while True:
+            kwargs = {"limit": page_size} | ({"after": after} if after else {})
+            page = self._call(self.get_conn().batches.list, **kwargs)
+            yield from page.data
+            if not page.has_more or not page.data:
+                return
+            after = page.data[-1].id
+
+    def find_batch_by_metadata(
+        self, key: str, value: str, *, created_after: float | None = None, max_batches: int = 10_000
+    ) -> Batch | None:
+        """The newest batch whose ``metadata[key] == value``.
+
+        The scan walks the list newest first and stops at the first batch created before
+        ``created_after`` (unix seconds) or after ``max_batches`` batches, so it stays bounded on
+        accounts with a long history.
+        """
+        for seen, batch in enumerate(self.list_batches(), start=1):
+            if created_after is not None and batch.created_at < created_after:
+                return None
+            if (batch.metadata or {}).get(key) == value:
+                return batch
+            if seen >= max_batches:
+                log.warning("Stopped looking for %s=%s after %d batches", key, value, seen)
+                return None
+        return None
+
+    # async surface (triggers, deferrable sensors) ----------------------------------------------
+
+    async def aget_batch(self, batch_id: str) -> Batch:
+        client = await self.aget_conn()
+        return await self._acall(client.batches.retrieve, batch_id)
+
+    async def acancel_batch(self, batch_id: str) -> Batch:
+        client = await self.aget_conn()
+        return await self._acall(client.batches.cancel, batch_id)
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    """The server's own message: the SDK stores the ``error`` object of the envelope as ``body``."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error", body)
+    message = error.get("message") if isinstance(error, dict) else None
+    return str(message or exc.message)
+
+
+@contextlib.contextmanager
+def _open_source(source: Any) -> Iterator[tuple[str, IO[bytes]]]:
+    """Open an upload source for streaming; a caller's file object is rewound, not closed."""
+    if hasattr(source, "read"):
+        if source.seekable():
+            source.seek(0)
+        yield Path(getattr(source, "name", "upload.jsonl")).name, source
+        return
+    if isinstance(source, (str, os.PathLike)) and not hasattr(source, "protocol"):
+        path = Path(source)
+        with path.open("rb") as stream:
+            yield path.name, stream
+        return
+    with source.open("rb") as stream:  # ObjectStoragePath
+        yield source.name, stream
+
+
+@contextlib.contextmanager
+def _open_destination(destination: Any) -> Iterator[IO[bytes]]:
+    if hasattr(destination, "write"):
+        yield destination
+        return
+    if isinstance(destination, (str, os.PathLike)) and not hasattr(destination, "protocol"):
+        with Path(destination).open("wb") as sink:
+            yield sink
+        return
+    with destination.open("wb") as sink:  # ObjectStoragePath
+        yield sink
