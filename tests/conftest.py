@@ -5,9 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import fsspec
 import pytest
+from airflow.sdk.io import attach
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
+
+# Airflow maps URL schemes to filesystems through providers, and none registers fsspec's
+# in-memory filesystem; attach it so tests can use ``ObjectStoragePath("memory://...")``.
+attach("memory", fs=fsspec.filesystem("memory"))
 
 
 @pytest.fixture(scope="session")

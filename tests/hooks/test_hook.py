@@ -1,0 +1,398 @@
+"""OpenAIBatchHook against a real emulator process: every operation, sync and async, the retry
+policy (attempts counted by the emulator), and a create whose response is lost."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import openai
+import pytest
+from airflow.sdk import ObjectStoragePath
+
+from airflow_provider_batch.emulator.process import EmulatorProcess
+from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY, OpenAIBatchHook
+from airflow_provider_batch.hooks.retry import RetryPolicy, is_transient, retry_after_seconds
+
+FAST_RETRIES = {"max_retries": 4, "retry_initial_wait": 0.01, "retry_max_wait": 0.5, "retry_max_total": 30}
+TERMINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+def use_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **fields: object) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(fields))
+
+
+@pytest.fixture
+def hook_for(monkeypatch: pytest.MonkeyPatch) -> Callable[..., OpenAIBatchHook]:
+    """A hook on a connection (env var) that points at the given emulator."""
+
+    def make(server: EmulatorProcess, conn_id: str = "batch_emulator", **extra: object) -> OpenAIBatchHook:
+        use_connection(
+            monkeypatch,
+            conn_id,
+            conn_type="openai_batch",
+            host=server.base_url,
+            password=server.api_key or "sk-emulator-key",
+            extra={**FAST_RETRIES, **extra},
+        )
+        return OpenAIBatchHook(conn_id=conn_id)
+
+    return make
+
+
+def write_requests(path: Path, count: int = 3) -> Path:
+    with path.open("w") as out:
+        for index in range(count):
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hi {index}"}]}
+            line = {"custom_id": f"r{index}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+            out.write(json.dumps(line) + "\n")
+    return path
+
+
+def wait_terminal(hook: OpenAIBatchHook, batch_id: str, timeout: float = 30) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = hook.get_batch(batch_id)
+        if batch.status in TERMINAL:
+            return batch
+        time.sleep(0.05)
+    raise AssertionError(f"batch {batch_id} did not finish in {timeout} s")
+
+
+# connection ------------------------------------------------------------------------------------
+
+
+def test_connection_builds_configured_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_connection(
+        monkeypatch,
+        "shaped",
+        conn_type="openai_batch",
+        host="http://127.0.0.1:9/v1",
+        password="sk-secret-value",
+        extra={
+            "organization": "org-1",
+            "project": "proj-1",
+            "timeout": 12,
+            "default_headers": {"X-Team": "data"},
+        },
+    )
+    hook = OpenAIBatchHook(conn_id="shaped")
+    client = hook.get_conn()
+    assert isinstance(client, openai.OpenAI)
+    assert str(client.base_url) == "http://127.0.0.1:9/v1/"
+    assert (client.organization, client.project, client.timeout, client.max_retries) == (
+        "org-1",
+        "proj-1",
+        12,
+        0,
+    )
+    assert client.default_headers["X-Team"] == "data"
+    assert "sk-secret-value" not in repr(hook.config)
+
+
+def test_official_openai_connection_type_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_connection(
+        monkeypatch,
+        "legacy",
+        conn_type="openai",
+        password="sk-x",
+        extra={"base_url": "http://127.0.0.1:9/v1"},
+    )
+    assert str(OpenAIBatchHook(conn_id="legacy").get_conn().base_url) == "http://127.0.0.1:9/v1/"
+
+
+async def test_azure_connection_builds_azure_clients(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_connection(
+        monkeypatch,
+        "azure",
+        conn_type="openai_batch",
+        host="https://example-resource.openai.azure.com",
+        password="azure-key-123",
+        extra={"api_type": "azure", "api_version": "2024-10-21"},
+    )
+    sync_client = OpenAIBatchHook(conn_id="azure").get_conn()
+    async_client = await OpenAIBatchHook(conn_id="azure").aget_conn()
+    assert isinstance(sync_client, openai.AzureOpenAI)
+    assert isinstance(async_client, openai.AsyncAzureOpenAI)
+    assert str(sync_client.base_url).startswith("https://example-resource.openai.azure.com/openai")
+    assert sync_client._custom_query["api-version"] == "2024-10-21"
+
+
+def test_azure_connection_without_api_version_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_connection(
+        monkeypatch,
+        "azure_bad",
+        conn_type="openai_batch",
+        host="https://r.openai.azure.com",
+        extra={"api_type": "azure"},
+    )
+    with pytest.raises(ValueError, match="api_version"):
+        OpenAIBatchHook(conn_id="azure_bad").get_conn()
+
+
+async def test_async_clients_are_shared_per_loop_and_config(
+    emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook]
+) -> None:
+    first = await hook_for(emulator).aget_conn()
+    second = await OpenAIBatchHook(conn_id="batch_emulator").aget_conn()
+    assert first is second
+    assert isinstance(first, openai.AsyncOpenAI)
+
+
+def test_test_connection(emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook]) -> None:
+    assert hook_for(emulator).test_connection()[0] is True
+
+
+def test_test_connection_reports_a_bad_key_without_echoing_it(
+    make_emulator: Callable[..., EmulatorProcess], hook_for: Callable[..., OpenAIBatchHook], monkeypatch
+) -> None:
+    server = make_emulator(api_key="sk-the-right-key")
+    use_connection(
+        monkeypatch, "wrong_key", conn_type="openai_batch", host=server.base_url, password="sk-wrong-key"
+    )
+    ok, message = OpenAIBatchHook(conn_id="wrong_key").test_connection()
+    assert not ok
+    assert "401" in message
+    assert "sk-wrong-key" not in message
+
+
+# files -----------------------------------------------------------------------------------------
+
+
+def test_upload_from_path_object_storage_and_file_object(
+    emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+) -> None:
+    hook = hook_for(emulator)
+    source = write_requests(tmp_path / "requests.jsonl")
+    expected = source.read_bytes()
+
+    from_path = hook.upload_file(source, expires_after_seconds=7200)
+    assert (from_path.filename, from_path.bytes, from_path.purpose) == (
+        "requests.jsonl",
+        len(expected),
+        "batch",
+    )
+    assert from_path.expires_at - from_path.created_at == 7200
+
+    from_storage = hook.upload_file(ObjectStoragePath(f"file://{source}"))
+    memory = ObjectStoragePath("memory://hook-tests/requests.jsonl")
+    memory.write_bytes(expected)
+    from_memory = hook.upload_file(memory)
+    from_handle = hook.upload_file(io.BytesIO(expected), filename="handle.jsonl")
+
+    for uploaded in (from_path, from_storage, from_memory, from_handle):
+        buffer = io.BytesIO()
+        assert hook.download_file(uploaded.id, buffer) == len(expected)
+        assert buffer.getvalue() == expected
+
+
+def test_download_to_path_and_object_storage_then_delete(
+    emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+) -> None:
+    hook = hook_for(emulator)
+    source = write_requests(tmp_path / "requests.jsonl", count=50)
+    uploaded = hook.upload_file(source)
+
+    hook.download_file(uploaded.id, tmp_path / "copy.jsonl")
+    assert (tmp_path / "copy.jsonl").read_bytes() == source.read_bytes()
+    remote = ObjectStoragePath("memory://hook-tests/copy.jsonl")
+    hook.download_file(uploaded.id, remote)
+    assert remote.read_bytes() == source.read_bytes()
+
+    assert hook.delete_file(uploaded.id) is True
+    with pytest.raises(openai.NotFoundError):
+        hook.download_file(uploaded.id, io.BytesIO())
+
+
+# batches ---------------------------------------------------------------------------------------
+
+
+def test_batch_round_trip_tags_the_idempotency_key(
+    emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+) -> None:
+    hook = hook_for(emulator)
+    uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl"))
+    batch = hook.create_batch(
+        uploaded.id,
+        "/v1/chat/completions",
+        metadata={"dag_id": "d"},
+        idempotency_key="key-round-trip",
+        output_expires_after_seconds=3600,
+    )
+    assert batch.metadata == {"dag_id": "d", IDEMPOTENCY_KEY: "key-round-trip"}
+    finished = wait_terminal(hook, batch.id)
+    assert finished.status == "completed"
+    assert finished.request_counts.completed == 3
+    assert hook.find_batch_by_metadata(IDEMPOTENCY_KEY, "key-round-trip").id == batch.id
+    assert hook.find_batch_by_metadata(IDEMPOTENCY_KEY, "no-such-key") is None
+
+
+def test_cancel_and_async_surface(
+    emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+) -> None:
+    hook = hook_for(emulator)
+    uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl", count=20))
+    batch = hook.create_batch(uploaded.id, "/v1/chat/completions", metadata={"emulator_line_delay": "0.2"})
+
+    async def observe_and_cancel() -> tuple[object, object]:
+        async_hook = OpenAIBatchHook(conn_id="batch_emulator")
+        seen = await async_hook.aget_batch(batch.id)
+        cancelled = await async_hook.acancel_batch(batch.id)
+        return seen, cancelled
+
+    import asyncio
+
+    seen, cancelled = asyncio.run(observe_and_cancel())
+    assert seen.id == batch.id
+    assert cancelled.status in {"cancelling", "cancelled"}
+    finished = wait_terminal(hook, batch.id)
+    assert finished.status == "cancelled"
+    assert finished.request_counts.completed < 20
+
+
+def test_list_batches_walks_every_page(
+    make_emulator: Callable[..., EmulatorProcess], hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+) -> None:
+    server = make_emulator()
+    hook = hook_for(server)
+    uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl", count=1))
+    created = [hook.create_batch(uploaded.id, "/v1/chat/completions").id for _ in range(7)]
+    server.reset_stats()
+    listed = [batch.id for batch in hook.list_batches(page_size=3)]
+    assert listed == list(reversed(created))
+    assert server.stats()["requests"]["GET /v1/batches"] == 3
+
+
+# retries ---------------------------------------------------------------------------------------
+
+
+def test_transient_errors_are_retried_and_counted(
+    make_emulator: Callable[..., EmulatorProcess], hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+) -> None:
+    server = make_emulator()
+    hook = hook_for(server)
+    uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl", count=1))
+    batch = hook.create_batch(uploaded.id, "/v1/chat/completions")
+    server.configure(
+        faults={"rate": 1.0, "kinds": ["500", "503", "drop"], "count": 3, "routes": "GET /v1/batches/"}
+    )
+    server.reset_stats()
+    assert hook.get_batch(batch.id).id == batch.id
+    stats = server.stats()
+    assert stats["requests"]["GET /v1/batches/{id}"] == 4  # three faults, then the answer
+    assert stats["total_faults"] == 3
+
+
+def test_retry_after_is_honoured(
+    make_emulator: Callable[..., EmulatorProcess], hook_for: Callable[..., OpenAIBatchHook]
+) -> None:
+    server = make_emulator("--retry-after", "0.4")
+    hook = hook_for(server, retry_initial_wait=0.001)
+    server.configure(faults={"rate": 1.0, "kinds": ["429"], "count": 1})
+    started = time.monotonic()
+    list(hook.list_batches())
+    assert time.monotonic() - started >= 0.4
+    assert server.stats()["requests"]["GET /v1/batches"] == 2
+
+
+def test_other_client_errors_fail_at_once(
+    make_emulator: Callable[..., EmulatorProcess], hook_for: Callable[..., OpenAIBatchHook]
+) -> None:
+    server = make_emulator()
+    hook = hook_for(server)
+    with pytest.raises(openai.NotFoundError, match="No such batch"):
+        hook.get_batch("batch_missing")
+    assert server.stats()["requests"]["GET /v1/batches/{id}"] == 1
+
+
+def test_retries_stop_at_the_attempt_budget(
+    make_emulator: Callable[..., EmulatorProcess], hook_for: Callable[..., OpenAIBatchHook]
+) -> None:
+    server = make_emulator()
+    hook = hook_for(server, max_retries=2)
+    server.configure(faults={"rate": 1.0, "kinds": ["500"]})
+    with pytest.raises(openai.InternalServerError):
+        hook.get_batch("batch_anything")
+    assert server.stats()["requests"]["GET /v1/batches/{id}"] == 3
+
+
+async def test_async_calls_share_the_retry_policy(
+    make_emulator: Callable[..., EmulatorProcess], hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+) -> None:
+    server = make_emulator()
+    hook = hook_for(server)
+    uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl", count=1))
+    batch = hook.create_batch(uploaded.id, "/v1/chat/completions")
+    server.configure(faults={"rate": 1.0, "kinds": ["429", "500"], "count": 2})
+    server.reset_stats()
+    assert (await OpenAIBatchHook(conn_id="batch_emulator").aget_batch(batch.id)).id == batch.id
+    assert server.stats()["requests"]["GET /v1/batches/{id}"] == 3
+
+
+def test_a_create_whose_response_is_lost_yields_one_batch(
+    make_emulator: Callable[..., EmulatorProcess], hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+) -> None:
+    server = make_emulator()
+    hook = hook_for(server)
+    uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl", count=1))
+    # The server creates the batch, then drops the connection before answering.
+    server.configure(faults={"rate": 1.0, "kinds": ["drop_after"], "count": 1, "routes": "POST /v1/batches$"})
+    batch = hook.create_batch(uploaded.id, "/v1/chat/completions", idempotency_key="lost-response")
+    tagged = [b for b in hook.list_batches() if (b.metadata or {}).get(IDEMPOTENCY_KEY) == "lost-response"]
+    assert [b.id for b in tagged] == [batch.id]
+    assert server.stats()["requests"]["POST /v1/batches"] == 1
+    assert server.stats()["total_faults"] == 1
+
+
+def test_a_create_that_failed_before_reaching_the_server_is_retried(
+    make_emulator: Callable[..., EmulatorProcess], hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+) -> None:
+    server = make_emulator()
+    hook = hook_for(server)
+    uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl", count=1))
+    server.configure(
+        faults={"rate": 1.0, "kinds": ["503", "drop"], "count": 2, "routes": "POST /v1/batches$"}
+    )
+    batch = hook.create_batch(uploaded.id, "/v1/chat/completions", idempotency_key="retried")
+    tagged = [b.id for b in hook.list_batches() if (b.metadata or {}).get(IDEMPOTENCY_KEY) == "retried"]
+    assert tagged == [batch.id]
+    assert server.stats()["requests"]["POST /v1/batches"] == 3
+
+
+# policy units (pure functions, no server needed) -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"),
+    [
+        (400, False),
+        (401, False),
+        (404, False),
+        (409, False),
+        (408, True),
+        (429, True),
+        (500, True),
+        (503, True),
+    ],
+)
+def test_transient_statuses(status: int, transient: bool) -> None:
+    import httpx
+
+    response = httpx.Response(status, request=httpx.Request("GET", "http://x"))
+    error = openai.APIStatusError("boom", response=response, body=None)
+    assert is_transient(error) is transient
+
+
+def test_wait_prefers_retry_after_and_caps_it() -> None:
+    import httpx
+
+    policy = RetryPolicy(initial_wait=1, max_wait=10)
+    response = httpx.Response(429, headers={"retry-after": "300"}, request=httpx.Request("GET", "http://x"))
+    error = openai.RateLimitError("slow down", response=response, body=None)
+    assert retry_after_seconds(error) == 300
+    assert policy.wait_before(1, error) == 10
+    assert 0.5 <= policy.wait_before(1, None) <= 1
+    assert 4 <= policy.wait_before(4, None) <= 8
