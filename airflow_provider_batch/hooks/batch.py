@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import time
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -38,7 +39,9 @@ import openai
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.sdk import BaseHook
 
-from airflow_provider_batch.hooks.retry import RetryPolicy
+from airflow_provider_batch.events import build_event
+from airflow_provider_batch.hooks.retry import RetryPolicy, is_transient
+from airflow_provider_batch.status import BatchSnapshot, PollFailure, PollSchedule, decide
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection, ObjectStoragePath
@@ -129,11 +132,47 @@ class ClientConfig:
         return cls(**self.client_kwargs())
 
 
-# One AsyncOpenAI per configuration per event loop: a triggerer running a thousand triggers on
-# one connection shares one client, so one connection pool and one TLS context.
-_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ClientConfig, Any]] = (
-    weakref.WeakKeyDictionary()
-)
+class _SharedAsyncClients:
+    """One ``AsyncOpenAI`` per configuration per event loop, counted by its users.
+
+    A triggerer running a thousand triggers on one connection shares one client: one connection
+    pool, one TLS context (building a client costs ~30 ms of CPU, so it happens in a thread and
+    only once). The last user to leave closes it.
+    """
+
+    def __init__(self) -> None:
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ClientConfig, list[Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _entries(self) -> dict[ClientConfig, list[Any]]:
+        return self._by_loop.setdefault(asyncio.get_running_loop(), {})
+
+    async def acquire(self, config: ClientConfig) -> openai.AsyncOpenAI:
+        entries = self._entries()
+        if config not in entries:
+            client = await asyncio.to_thread(config.build, asynchronous=True)
+            entries.setdefault(config, [client, 0])  # another task may have built one meanwhile
+        entry = entries[config]
+        entry[1] += 1
+        return entry[0]
+
+    async def release(self, config: ClientConfig) -> None:
+        entries = self._entries()
+        entry = entries.get(config)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del entries[config]
+            await entry[0].close()
+
+    def users(self, config: ClientConfig) -> int:
+        entry = self._entries().get(config)
+        return entry[1] if entry else 0
+
+
+SHARED_ASYNC_CLIENTS = _SharedAsyncClients()
 
 
 class OpenAIBatchHook(BaseHook):
@@ -186,14 +225,22 @@ class OpenAIBatchHook(BaseHook):
         return self.config.build(asynchronous=False)  # type: ignore[return-value]
 
     async def aget_conn(self) -> openai.AsyncOpenAI:
-        """The asynchronous client, shared by every hook on this event loop with the same config."""
+        """The asynchronous client shared on this event loop, kept open for the loop's lifetime.
+
+        Long-lived async code (the trigger) should prefer :meth:`async_client`, which hands the
+        client back when done.
+        """
+        return await SHARED_ASYNC_CLIENTS.acquire(await self.aconfig())
+
+    @contextlib.asynccontextmanager
+    async def async_client(self) -> AsyncIterator[openai.AsyncOpenAI]:
+        """Borrow the shared async client; the last borrower on the loop closes it."""
         config = await self.aconfig()
-        clients = _ASYNC_CLIENTS.setdefault(asyncio.get_running_loop(), {})
-        client = clients.get(config)
-        if client is None:
-            client = await asyncio.to_thread(config.build, asynchronous=True)
-            client = clients.setdefault(config, client)
-        return client
+        client = await SHARED_ASYNC_CLIENTS.acquire(config)
+        try:
+            yield client
+        finally:
+            await SHARED_ASYNC_CLIENTS.release(config)
 
     def test_connection(self) -> tuple[bool, str]:
         """One cheap authenticated call, for the UI's Test button. Never echoes the key."""
@@ -366,12 +413,79 @@ class OpenAIBatchHook(BaseHook):
     # async surface (triggers, deferrable sensors) ----------------------------------------------
 
     async def aget_batch(self, batch_id: str) -> Batch:
-        client = await self.aget_conn()
-        return await self._acall(client.batches.retrieve, batch_id)
+        async with self.async_client() as client:
+            return await self._acall(client.batches.retrieve, batch_id)
 
     async def acancel_batch(self, batch_id: str) -> Batch:
-        client = await self.aget_conn()
-        return await self._acall(client.batches.cancel, batch_id)
+        async with self.async_client() as client:
+            return await self._acall(client.batches.cancel, batch_id)
+
+    # observing a batch: one attempt, translated for status.decide() -------------------------------
+
+    def poll_batch(self, batch_id: str) -> BatchSnapshot | PollFailure:
+        """Observe a batch once. Not retried here: the wait loop around it is the retry loop, and
+        :func:`~airflow_provider_batch.status.decide` counts the failures."""
+        try:
+            return snapshot_of(self.get_conn().batches.retrieve(batch_id))
+        except openai.OpenAIError as exc:
+            return poll_failure(exc)
+
+    async def apoll_batch(self, batch_id: str) -> BatchSnapshot | PollFailure:
+        """:meth:`poll_batch` for the event loop."""
+        try:
+            async with self.async_client() as client:
+                return snapshot_of(await client.batches.retrieve(batch_id))
+        except openai.OpenAIError as exc:
+            return poll_failure(exc)
+
+    def wait_for_batch(
+        self,
+        batch_id: str,
+        *,
+        end_time: float,
+        schedule: PollSchedule,
+        max_consecutive_failures: int = 5,
+        sleep: Any = time.sleep,
+    ) -> dict[str, Any]:
+        """Poll until :func:`~airflow_provider_batch.status.decide` ends the wait; return the same
+        event payload the trigger would have yielded, so both paths finish identically."""
+        failures = 0
+        last: BatchSnapshot | None = None
+        for poll in itertools.count():
+            observed = self.poll_batch(batch_id)
+            if isinstance(observed, BatchSnapshot):
+                if last is None or observed.progress() != last.progress():
+                    log.info("Batch %s %s", batch_id, observed.progress())
+                last = observed
+            decision = decide(
+                observed,
+                now=time.time(),
+                end_time=end_time,
+                failures=failures,
+                max_failures=max_consecutive_failures,
+            )
+            if decision.done:
+                return build_event(batch_id, decision, last)
+            if decision.unknown_status:
+                log.warning(
+                    "Batch %s has status %r, unknown to this provider; still waiting",
+                    batch_id,
+                    decision.unknown_status,
+                )
+            failures = decision.failures
+            sleep(max(0.0, min(schedule.interval(poll), end_time - time.time())))
+        raise AssertionError("unreachable")
+
+
+def snapshot_of(batch: Batch) -> BatchSnapshot:
+    return BatchSnapshot.from_api(batch.model_dump())
+
+
+def poll_failure(exc: openai.OpenAIError) -> PollFailure:
+    """Translate an SDK error into the neutral form ``decide()`` understands."""
+    status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
+    message = f"HTTP {status}: {_server_message(exc)}" if isinstance(exc, openai.APIStatusError) else str(exc)
+    return PollFailure(retryable=is_transient(exc), message=message, http_status=status)
 
 
 def _server_message(exc: openai.APIStatusError) -> str:

@@ -1,0 +1,90 @@
+"""The provider's errors: one base class and one subclass per way a batch can end badly.
+
+Callers catch :class:`OpenAIBatchError` for everything, or a subclass to treat one outcome
+differently. :data:`REASON_TO_EXCEPTION` is the only table from a trigger event's
+``termination_reason`` to an exception, so the operator and the sensor raise the same thing for
+the same outcome. Messages carry the batch's ``errors.data`` (code, line, message), so the task
+log says *why* a batch failed, not just which one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowException
+
+
+class OpenAIBatchError(AirflowException):
+    """Base class of every error this provider raises about a batch."""
+
+    def __init__(self, message: str, *, batch_id: str | None = None) -> None:
+        super().__init__(message)
+        self.batch_id = batch_id
+
+
+class OpenAIBatchFailed(OpenAIBatchError):
+    """The batch ended ``failed``: usually validation (bad lines) or quota (``token_limit_exceeded``)."""
+
+    def __init__(
+        self, message: str, *, batch_id: str | None = None, errors: Sequence[dict[str, Any]] = ()
+    ) -> None:
+        super().__init__(_with_errors(message, errors), batch_id=batch_id)
+        self.errors = list(errors)
+
+
+class OpenAIBatchExpired(OpenAIBatchError):
+    """The 24 h window closed first. Finished lines are in ``output_file_id`` and were landed."""
+
+    def __init__(
+        self, message: str, *, batch_id: str | None = None, output_file_id: str | None = None
+    ) -> None:
+        super().__init__(message, batch_id=batch_id)
+        self.output_file_id = output_file_id
+
+
+class OpenAIBatchCancelled(OpenAIBatchError):
+    """Someone cancelled the batch: a decision, not a failure of the service."""
+
+
+class OpenAIBatchTimeout(OpenAIBatchError):
+    """Our own deadline passed while the batch was still running."""
+
+
+class OpenAIBatchPartialFailure(OpenAIBatchError):
+    """The batch completed, but more of its lines failed than ``max_failed_fraction`` allows."""
+
+
+class OpenAIBatchPollingError(OpenAIBatchError):
+    """The batch could not be observed (the API kept failing). Its state is unknown, so it was
+    not cancelled."""
+
+
+class OpenAIBatchInvalidInput(OpenAIBatchError, ValueError):
+    """The requests are invalid; nothing was uploaded or submitted (so nothing is billed)."""
+
+
+class OpenAIBatchTriggerEventError(OpenAIBatchError):
+    """A trigger event that this version cannot trust (missing, malformed or from the future)."""
+
+
+REASON_TO_EXCEPTION: dict[str, type[OpenAIBatchError]] = {
+    "failed": OpenAIBatchFailed,
+    "expired": OpenAIBatchExpired,
+    "cancelled": OpenAIBatchCancelled,
+    "timeout": OpenAIBatchTimeout,
+    "polling_error": OpenAIBatchPollingError,
+}
+
+
+def _with_errors(message: str, errors: Sequence[dict[str, Any]], shown: int = 5) -> str:
+    if not errors:
+        return message
+    lines = [message, "Errors reported by the API:"]
+    for error in errors[:shown]:
+        where = f"line {error['line']}: " if error.get("line") else ""
+        param = f" (param {error['param']})" if error.get("param") else ""
+        lines.append(f"  - {where}[{error.get('code')}] {error.get('message')}{param}")
+    if len(errors) > shown:
+        lines.append(f"  ... and {len(errors) - shown} more")
+    return "\n".join(lines)

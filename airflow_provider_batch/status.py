@@ -1,0 +1,206 @@
+"""Batch statuses and the poll decision: the one place that says when waiting is over.
+
+The trigger (async, in the triggerer), the operator's synchronous wait and the sensor's poke all
+observe a batch and ask :func:`decide` what to do next, so they cannot disagree about what is
+terminal, how many failed polls are tolerated, or when the deadline has passed. The module is
+pure: no I/O, no clock, no SDK or Airflow import, so it is tested with plain values.
+
+Recorded decisions:
+
+- ``cancelling`` is *in progress*: the output and error files of a cancelled batch only appear
+  once it reaches ``cancelled``, and the partial results are worth waiting for.
+- An unknown status keeps polling (bounded by the deadline) and is reported once: OpenAI may add
+  a status, and that must not fail every running task.
+- Statuses are compared lower-cased (some compatible servers use upper case).
+- Completed is not success on its own: :func:`classify_completion` applies the failed-line policy.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+
+class BatchStatus(StrEnum):
+    VALIDATING = "validating"
+    FAILED = "failed"
+    IN_PROGRESS = "in_progress"
+    FINALIZING = "finalizing"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+
+
+IN_PROGRESS = frozenset(
+    {BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.CANCELLING}
+)
+TERMINAL = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})
+
+Reason = Literal["completed", "failed", "expired", "cancelled", "timeout", "polling_error"]
+TERMINAL_REASON: dict[BatchStatus, Reason] = {
+    BatchStatus.COMPLETED: "completed",
+    BatchStatus.FAILED: "failed",
+    BatchStatus.EXPIRED: "expired",
+    BatchStatus.CANCELLED: "cancelled",
+}
+
+
+def parse_status(raw: str | None) -> BatchStatus | None:
+    """The status as an enum member, or ``None`` when it is one we do not know."""
+    try:
+        return BatchStatus(str(raw).lower())
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class BatchSnapshot:
+    """What one observation of a batch tells us, with falsy file ids normalised to ``None``
+    (Azure and some compatible servers send ``""``)."""
+
+    batch_id: str
+    status: str
+    request_counts: dict[str, int] | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: tuple[dict[str, Any], ...] = ()
+    usage: dict[str, Any] | None = None
+    model: str | None = None
+    endpoint: str | None = None
+    created_at: int | None = None
+
+    @classmethod
+    def from_api(cls, batch: dict[str, Any]) -> BatchSnapshot:
+        """Build from a Batch object as JSON (``batch.model_dump()`` or a raw response)."""
+        errors = (batch.get("errors") or {}).get("data") or ()
+        return cls(
+            batch_id=batch["id"],
+            status=str(batch.get("status") or "").lower(),
+            request_counts=batch.get("request_counts") or None,
+            output_file_id=batch.get("output_file_id") or None,
+            error_file_id=batch.get("error_file_id") or None,
+            errors=tuple(
+                {key: error.get(key) for key in ("code", "message", "line", "param")} for error in errors
+            ),
+            usage=batch.get("usage") or None,
+            model=batch.get("model") or None,
+            endpoint=batch.get("endpoint") or None,
+            created_at=batch.get("created_at"),
+        )
+
+    @property
+    def known_status(self) -> BatchStatus | None:
+        return parse_status(self.status)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.known_status in TERMINAL
+
+    def progress(self) -> str:
+        counts = self.request_counts or {}
+        return (
+            f"{self.status}: {counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed"
+            f" of {counts.get('total', 0)}"
+        )
+
+
+@dataclass(frozen=True)
+class PollFailure:
+    """An observation that failed; ``retryable`` says whether polling again may help."""
+
+    retryable: bool
+    message: str
+    http_status: int | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do after an observation: keep waiting, or stop for ``reason``."""
+
+    done: bool
+    failures: int
+    """Consecutive failed observations so far (0 after a good one)."""
+    reason: Reason | None = None
+    message: str = ""
+    unknown_status: str | None = None
+    """Set when the batch reported a status this module does not know (keep polling, warn)."""
+
+
+def decide(
+    observed: BatchSnapshot | PollFailure,
+    *,
+    now: float,
+    end_time: float,
+    failures: int,
+    max_failures: int,
+) -> Decision:
+    """Decide after one observation. Pure: the caller supplies the clock and the failure count.
+
+    A terminal status ends the wait whatever the time; otherwise the wall-clock ``end_time``
+    does. Failed observations are tolerated up to ``max_failures`` in a row, because a poll
+    error says nothing about the batch: it is neither a reason to fail the task nor to cancel.
+    """
+    if isinstance(observed, PollFailure):
+        failures += 1
+        if not observed.retryable:
+            return Decision(True, failures, "polling_error", f"Polling failed: {observed.message}")
+        if failures >= max_failures:
+            return Decision(
+                True,
+                failures,
+                "polling_error",
+                f"Polling failed {failures} times in a row; last error: {observed.message}",
+            )
+        if now >= end_time:
+            return Decision(True, failures, "timeout", "The wait timed out while the API was failing.")
+        return Decision(False, failures, message=f"Poll failed ({observed.message}); will retry.")
+
+    status = observed.known_status
+    if status in TERMINAL:
+        return Decision(True, 0, TERMINAL_REASON[status], f"Batch {observed.batch_id} is {observed.status}.")
+    if now >= end_time:
+        return Decision(
+            True, 0, "timeout", f"Batch {observed.batch_id} is still {observed.status} at the deadline."
+        )
+    return Decision(False, 0, unknown_status=observed.status if status is None else None)
+
+
+@dataclass(frozen=True)
+class PollSchedule:
+    """Adaptive poll intervals: short at first, growing 1.5-fold to a cap, with ±10 % jitter.
+
+    At the defaults (30 s growing to 300 s) a batch that runs the whole 24 h window costs
+    about 295 status calls, while one that finishes in minutes is seen finishing quickly.
+    """
+
+    initial: float = 30.0
+    maximum: float = 300.0
+    growth: float = 1.5
+    jitter: float = 0.1
+    rng: random.Random = field(default_factory=random.Random, compare=False, repr=False)
+
+    def interval(self, poll: int) -> float:
+        """Seconds to wait after poll number ``poll`` (0-based), jittered."""
+        base = min(self.maximum, self.initial * self.growth**poll)
+        return base * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+Outcome = Literal["success", "too_many_failed_lines"]
+
+
+def classify_completion(request_counts: dict[str, int] | None, max_failed_fraction: float) -> Outcome:
+    """Apply the failed-line policy to a completed batch.
+
+    A ``completed`` batch whose lines all failed is the classic silent failure (the official
+    provider reports it as success). ``max_failed_fraction`` is the share of failed lines the user
+    accepts: 0.0 fails on any failed line, 1.0 never fails on lines.
+    """
+    counts = request_counts or {}
+    total = counts.get("total") or 0
+    failed = counts.get("failed") or 0
+    if total == 0:
+        return "success"
+    return "too_many_failed_lines" if failed / total > max_failed_fraction else "success"
