@@ -188,6 +188,60 @@ class PollSchedule:
         return base * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
 
 
+@dataclass(frozen=True)
+class Step:
+    """What a waiter should do after one observation."""
+
+    decision: Decision
+    sleep: float
+    """Seconds until the next observation (0 when done); never past the deadline."""
+    progress: str | None = None
+    """A progress line when the counts or status changed since the last observation."""
+    warning: str | None = None
+
+
+@dataclass
+class Wait:
+    """The state of one wait for a batch: poll count, consecutive failures, last good snapshot.
+
+    The trigger (async) and the hook's synchronous wait drive the same object, doing only the
+    I/O and the sleeping themselves, so the two paths cannot drift.
+    """
+
+    batch_id: str
+    end_time: float
+    schedule: PollSchedule = field(default_factory=PollSchedule)
+    max_failures: int = 5
+    failures: int = 0
+    polls: int = 0
+    last: BatchSnapshot | None = None
+    _unknown_reported: bool = False
+
+    def observe(self, observed: BatchSnapshot | PollFailure, now: float) -> Step:
+        progress = warning = None
+        if isinstance(observed, BatchSnapshot):
+            if self.last is None or observed.progress() != self.last.progress():
+                progress = f"Batch {self.batch_id} {observed.progress()}"
+            self.last = observed
+        decision = decide(
+            observed, now=now, end_time=self.end_time, failures=self.failures, max_failures=self.max_failures
+        )
+        self.failures = decision.failures
+        if decision.done:
+            return Step(decision, 0.0, progress)
+        if decision.unknown_status and not self._unknown_reported:
+            self._unknown_reported = True
+            warning = (
+                f"Batch {self.batch_id} has status {decision.unknown_status!r}, unknown to this provider;"
+                " still waiting until it ends or the deadline passes."
+            )
+        elif isinstance(observed, PollFailure):
+            warning = f"Batch {self.batch_id}: {decision.message} ({self.failures}/{self.max_failures})"
+        sleep = max(0.0, min(self.schedule.interval(self.polls), self.end_time - now))
+        self.polls += 1
+        return Step(decision, sleep, progress, warning)
+
+
 Outcome = Literal["success", "too_many_failed_lines"]
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import time
@@ -41,7 +40,7 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_batch.events import build_event
 from airflow_provider_batch.hooks.retry import RetryPolicy, is_transient
-from airflow_provider_batch.status import BatchSnapshot, PollFailure, PollSchedule, decide
+from airflow_provider_batch.status import BatchSnapshot, PollFailure, PollSchedule, Step, Wait
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection, ObjectStoragePath
@@ -54,6 +53,7 @@ IDEMPOTENCY_KEY = "airflow_idempotency_key"
 CLOCK_SKEW = 300
 """Seconds of tolerance between our clock and the server's when bounding a metadata lookup."""
 DOWNLOAD_CHUNK = 1024 * 1024
+OPENAI_DASHBOARD = "https://platform.openai.com"
 
 
 @dataclass(frozen=True)
@@ -215,6 +215,16 @@ class OpenAIBatchHook(BaseHook):
     @property
     def retry_policy(self) -> RetryPolicy:
         return (self._async_config or self.config).retry
+
+    def batch_url(self, batch_id: str) -> str:
+        """Where a person can look at the batch: OpenAI's dashboard, or the server's own URL."""
+        config = self.config
+        if config.api_type == "azure":
+            endpoint = str(config.azure_endpoint).rstrip("/")
+            return f"{endpoint}/openai/batches/{batch_id}?api-version={config.api_version}"
+        if not config.base_url or "api.openai.com" in config.base_url:
+            return f"{OPENAI_DASHBOARD}/batches/{batch_id}"
+        return f"{config.base_url.rstrip('/')}/batches/{batch_id}"
 
     def get_conn(self) -> openai.OpenAI:
         """The synchronous client (``OpenAI`` or ``AzureOpenAI``)."""
@@ -443,38 +453,25 @@ class OpenAIBatchHook(BaseHook):
         batch_id: str,
         *,
         end_time: float,
-        schedule: PollSchedule,
+        schedule: PollSchedule | None = None,
         max_consecutive_failures: int = 5,
-        sleep: Any = time.sleep,
     ) -> dict[str, Any]:
-        """Poll until :func:`~airflow_provider_batch.status.decide` ends the wait; return the same
-        event payload the trigger would have yielded, so both paths finish identically."""
-        failures = 0
-        last: BatchSnapshot | None = None
-        for poll in itertools.count():
-            observed = self.poll_batch(batch_id)
-            if isinstance(observed, BatchSnapshot):
-                if last is None or observed.progress() != last.progress():
-                    log.info("Batch %s %s", batch_id, observed.progress())
-                last = observed
-            decision = decide(
-                observed,
-                now=time.time(),
-                end_time=end_time,
-                failures=failures,
-                max_failures=max_consecutive_failures,
-            )
-            if decision.done:
-                return build_event(batch_id, decision, last)
-            if decision.unknown_status:
-                log.warning(
-                    "Batch %s has status %r, unknown to this provider; still waiting",
-                    batch_id,
-                    decision.unknown_status,
-                )
-            failures = decision.failures
-            sleep(max(0.0, min(schedule.interval(poll), end_time - time.time())))
-        raise AssertionError("unreachable")
+        """Poll until the wait ends; return the same event payload the trigger would yield, so
+        the deferrable and the synchronous paths finish through the same code."""
+        wait = Wait(batch_id, end_time, schedule or PollSchedule(), max_consecutive_failures)
+        while True:
+            step = wait.observe(self.poll_batch(batch_id), now=time.time())
+            log_step(log, step)
+            if step.decision.done:
+                return build_event(batch_id, step.decision, wait.last)
+            time.sleep(step.sleep)
+
+
+def log_step(logger: logging.Logger, step: Step) -> None:
+    if step.progress:
+        logger.info(step.progress)
+    if step.warning:
+        logger.warning(step.warning)
 
 
 def snapshot_of(batch: Batch) -> BatchSnapshot:
