@@ -48,6 +48,21 @@ def build_event(batch_id: str, decision: Decision, snapshot: BatchSnapshot | Non
     }
 
 
+def snapshot_from_event(event: dict[str, Any]) -> BatchSnapshot:
+    """The last observation an event carries, in the form the rest of the provider uses."""
+    return BatchSnapshot(
+        batch_id=event["batch_id"],
+        status=event.get("openai_status") or "",
+        request_counts=event.get("request_counts"),
+        output_file_id=event.get("output_file_id"),
+        error_file_id=event.get("error_file_id"),
+        errors=tuple(event.get("errors") or ()),
+        usage=event.get("usage"),
+        model=event.get("model"),
+        endpoint=event.get("endpoint"),
+    )
+
+
 def validate_event(event: Any) -> dict[str, Any]:
     """Return ``event`` if this version can act on it, else raise ``OpenAIBatchTriggerEventError``."""
     if not isinstance(event, dict):
