@@ -132,44 +132,57 @@ class ClientConfig:
         return cls(**self.client_kwargs())
 
 
+@dataclass
+class _Lease:
+    client: asyncio.Future[openai.AsyncOpenAI]
+    users: int = 0
+
+
 class _SharedAsyncClients:
     """One ``AsyncOpenAI`` per configuration per event loop, counted by its users.
 
     A triggerer running a thousand triggers on one connection shares one client: one connection
-    pool, one TLS context (building a client costs ~30 ms of CPU, so it happens in a thread and
-    only once). The last user to leave closes it.
+    pool, one TLS context. Building a client costs ~30 ms of CPU, so it happens once, in a thread,
+    and triggers that arrive while it is being built wait for that same build. The last user to
+    leave closes the client.
     """
 
     def __init__(self) -> None:
-        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ClientConfig, list[Any]]] = (
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[ClientConfig, _Lease]] = (
             weakref.WeakKeyDictionary()
         )
 
-    def _entries(self) -> dict[ClientConfig, list[Any]]:
+    def _leases(self) -> dict[ClientConfig, _Lease]:
         return self._by_loop.setdefault(asyncio.get_running_loop(), {})
 
     async def acquire(self, config: ClientConfig) -> openai.AsyncOpenAI:
-        entries = self._entries()
-        if config not in entries:
-            client = await asyncio.to_thread(config.build, asynchronous=True)
-            entries.setdefault(config, [client, 0])  # another task may have built one meanwhile
-        entry = entries[config]
-        entry[1] += 1
-        return entry[0]
+        leases = self._leases()
+        lease = leases.get(config)
+        if lease is None:
+            build = asyncio.ensure_future(asyncio.to_thread(config.build, asynchronous=True))
+            lease = leases[config] = _Lease(build)  # type: ignore[arg-type]
+        lease.users += 1
+        try:
+            return await asyncio.shield(lease.client)
+        except BaseException:
+            await self.release(config)
+            raise
 
     async def release(self, config: ClientConfig) -> None:
-        entries = self._entries()
-        entry = entries.get(config)
-        if entry is None:
+        leases = self._leases()
+        lease = leases.get(config)
+        if lease is None:
             return
-        entry[1] -= 1
-        if entry[1] <= 0:
-            del entries[config]
-            await entry[0].close()
+        lease.users -= 1
+        if lease.users > 0:
+            return
+        del leases[config]
+        if lease.client.done() and not lease.client.cancelled() and lease.client.exception() is None:
+            await lease.client.result().close()
 
     def users(self, config: ClientConfig) -> int:
-        entry = self._entries().get(config)
-        return entry[1] if entry else 0
+        lease = self._leases().get(config)
+        return lease.users if lease else 0
 
 
 SHARED_ASYNC_CLIENTS = _SharedAsyncClients()
