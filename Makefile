@@ -29,7 +29,7 @@ demo: install
 	$(BIN)/python scripts/demo.py
 
 bench: install
-	$(BIN)/python benchmarks/emulator_throughput.py
+	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 emulator: install
 	$(BIN)/python -m airflow_provider_batch.emulator --port 8000 --data-dir .emulator

@@ -61,7 +61,26 @@ class OpenAIBatchPollingError(OpenAIBatchError):
 
 
 class OpenAIBatchInvalidInput(OpenAIBatchError, ValueError):
-    """The requests are invalid; nothing was uploaded or submitted (so nothing is billed)."""
+    """A batch input file or record breaks OpenAI's rules; raised before anything is uploaded or
+    submitted, so nothing is billed. Also a ``ValueError``: the input is wrong, retrying cannot help.
+
+    :param errors: the problems found, in line order (``requests.LineError``: line, field, message).
+    :param unreported: how many more problems were found after ``errors`` reached its cap.
+    """
+
+    def __init__(self, errors: Sequence[Any], unreported: int = 0) -> None:
+        self.errors = list(errors)
+        self.unreported = unreported
+        total = len(self.errors) + unreported
+        lines = [f"invalid batch input, {total} error{'s' if total != 1 else ''}:"]
+        lines += [f"  {error}" for error in self.errors]
+        if unreported:
+            lines.append(f"  and {unreported} more error{'s' if unreported != 1 else ''} not reported")
+        super().__init__("\n".join(lines))
+
+    def __reduce__(self) -> tuple[type[OpenAIBatchInvalidInput], tuple[list[Any], int]]:
+        """Rebuild from the errors, not the message, when pickled (exceptions cross processes)."""
+        return type(self), (self.errors, self.unreported)
 
 
 class OpenAIBatchTriggerEventError(OpenAIBatchError):

@@ -1,0 +1,48 @@
+"""OpenAI Batch API limits, in one place so that the request builder, the validator and the operator agree.
+
+The values come from the OpenAI SDK docstrings, the OpenAPI description and the Batch guide (see
+``shared/reference/openai-batch-api.md`` §4 and §11). OpenAI checks most of them only after a batch was
+created, by failing it minutes later; checking them locally turns that delay into an immediate, precise error.
+The module is pure so that any part of the provider, including the triggerer, can import it for free.
+"""
+
+from __future__ import annotations
+
+ENDPOINTS: tuple[str, ...] = (
+    "/v1/responses",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/moderations",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+)
+"""Values accepted for a batch's ``endpoint``; every request line's ``url`` must equal the batch's one."""
+
+COMPLETION_WINDOWS: tuple[str, ...] = ("24h",)
+"""``completion_window`` values OpenAI accepts; it has only ever offered a day."""
+
+MAX_REQUESTS = 50_000
+"""Requests per batch input file; OpenAI fails the batch with ``too_many_tasks`` above it."""
+
+MAX_FILE_BYTES = 200 * 1024 * 1024
+"""Batch input file size; OpenAI quotes the limit as 209,715,200 bytes, so "200 MB" means MiB."""
+
+MAX_EMBEDDING_INPUTS = 50_000
+"""Embedding inputs across all lines of a ``/v1/embeddings`` batch, counted per input, not per line."""
+
+MAX_METADATA_PAIRS = 16
+"""Key-value pairs in a batch's ``metadata``; the operator's identity tags must fit beside the user's."""
+
+MAX_METADATA_KEY_CHARS = 64
+"""Characters in a ``metadata`` key."""
+
+MAX_METADATA_VALUE_CHARS = 512
+"""Characters in a ``metadata`` value, which must be a string."""
+
+MIN_EXPIRES_AFTER_SECONDS = 3_600
+"""Shortest ``expires_after``/``output_expires_after`` OpenAI accepts: one hour."""
+
+MAX_EXPIRES_AFTER_SECONDS = 2_592_000
+"""Longest ``expires_after``/``output_expires_after`` OpenAI accepts: thirty days."""
