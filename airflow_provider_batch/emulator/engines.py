@@ -333,11 +333,19 @@ def _embeddings(body: dict[str, Any], model: str) -> dict[str, Any]:
     }
 
 
+STOP_WORDS = frozenset(
+    "the and for are but not you all any can had her was one our out has have his how its may new now"
+    " see two who did get him let say she too use with from this that they them then than their there"
+    " what when which will into your about would these other some could".split()
+)
+
+
 def embed(words: list[str], dimensions: int) -> list[float]:
-    """A hashed bag-of-words vector, L2-normalised: texts that share words point the same way,
-    so nearest-neighbour demos give sensible answers while staying fully deterministic."""
+    """A hashed bag-of-words vector, L2-normalised: texts that share meaningful words point the
+    same way, so nearest-neighbour demos give sensible answers while staying fully deterministic."""
     vector = [0.0] * dimensions
-    for word in words or [""]:
+    meaningful = [word for word in words if len(word) > 2 and word not in STOP_WORDS]
+    for word in meaningful or words or [""]:
         digest = hashlib.blake2b(word.encode(), digest_size=8).digest()
         slot = int.from_bytes(digest[:4], "little") % dimensions
         vector[slot] += 1.0 if digest[4] & 1 else -1.0

@@ -404,6 +404,7 @@ def land_results(hook: OpenAIBatchHook, event: dict[str, Any], output_path: Any)
     """Download the result files and the input, and write the input-ordered join to ``output_path``."""
     batch = hook.get_batch(event["batch_id"])
     destination = as_path(output_path)
+    destination.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="openai-batch-results-") as workdir:
         local = Path(workdir)
         files: dict[str, Path | None] = {}

@@ -1,0 +1,673 @@
+"""Read batch output and error files: typed per-line results, a small summary, and an input-ordered join.
+
+Three user pains drive this module (peers.md §9, openai-batch-api.md §9, §12, §18):
+
+* **Partial failures hide in plain sight.** A failed request usually has ``error: null`` and its failure
+  in ``response.status_code`` (openai-openapi #302; artefactual PR #332 read such 400s as successes), while
+  expired and cancelled requests have ``response: null`` and a top-level ``error``. :class:`BatchResult`
+  decides ``ok`` from both, and one malformed line is reported instead of aborting the parse (litellm
+  PR #37457: one bad line zeroed a batch's spend).
+* **Order is not guaranteed.** Positional mapping mislabelled results (tidyllm #37, curator PR #289), so
+  :func:`write_joined` joins on ``custom_id`` and writes one row per *input* request, in input order, with
+  the requests that have no result at all (expired without a line, lost) marked ``missing``.
+* **Outputs are large.** 200 MB output files exhausted 4 GiB pods (control-layer PR #662), so nothing here
+  holds a file in memory: lines are decoded one at a time with ``msgspec`` and response bodies stay
+  :class:`msgspec.Raw` (the bytes as written) until someone asks for them.
+
+Sources are local paths, binary file objects, or :class:`~airflow.sdk.ObjectStoragePath` (any fsspec store
+attached to Airflow). A plain ``str`` is always a local path; wrap ``s3://…`` in ``ObjectStoragePath``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from typing import IO, Any, TypeAlias, TypeVar, overload
+
+import msgspec
+from airflow.sdk import ObjectStoragePath
+
+ResultSource: TypeAlias = str | os.PathLike[str] | IO[bytes] | ObjectStoragePath
+"""Where a JSONL file is read from; file objects must be binary and are read from their current position."""
+Destination: TypeAlias = str | os.PathLike[str] | ObjectStoragePath
+"""Where the joined file is written: a local path or any ``ObjectStoragePath``."""
+
+BLOCK_SIZE = 1 << 20
+"""Bytes per read: large enough that per-call overhead (fsspec, Airflow's lineage wrapper) is negligible."""
+DEFAULT_ID_LIMIT = 100
+"""How many ids a summary keeps per list; totals are always exact. The summary is meant for an XCom
+manifest, and the complete picture is the joined file."""
+MALFORMED_LIMIT = 20
+"""How many malformed lines a summary describes; each carries a reason, so fewer than ids."""
+REASON_LIMIT = 200
+"""Characters of a decoder message kept per malformed line (msgspec's are short; this bounds the worst)."""
+EXPIRED = "batch_expired"
+CANCELLED = "batch_cancelled"
+MISSING = "missing"
+"""``error_code`` of a joined row whose request has neither an output nor an error line."""
+MALFORMED_INPUT = "malformed_input"
+"""``error_code`` of a joined row for an input line without a readable ``custom_id``."""
+
+_T = TypeVar("_T")
+_NULL = msgspec.Raw(b"null")
+_LOCAL_PROTOCOLS = frozenset({"", "file", "local"})
+
+
+# Wire shapes (openai-batch-api.md §9). Unknown fields are ignored, so additive API changes do not break us.
+
+
+class _WireError(msgspec.Struct):
+    """Top-level ``error`` ``{code, message}``, and ``response.body.error`` ``{message, type, param, code}``
+    of an HTTP failure."""
+
+    code: str | None = None
+    message: str | None = None
+    type: str | None = None
+
+
+class _WireResponse(msgspec.Struct):
+    status_code: int | None = None
+    request_id: str | None = None
+    body: msgspec.Raw = _NULL
+
+
+class _WireLine(msgspec.Struct):
+    custom_id: str
+    response: _WireResponse | None = None
+    error: _WireError | None = None
+
+
+class _ErrorEnvelope(msgspec.Struct):
+    error: _WireError | None = None
+
+
+class _TokenDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+class _WireUsage(msgspec.Struct):
+    """Both usage shapes: chat/completions/embeddings (``prompt_*``/``completion_*``) and Responses/images
+    (``input_*``/``output_*``)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    prompt_tokens_details: _TokenDetails | None = None
+    completion_tokens_details: _TokenDetails | None = None
+    input_tokens_details: _TokenDetails | None = None
+    output_tokens_details: _TokenDetails | None = None
+
+
+class _UsageEnvelope(msgspec.Struct):
+    """Only ``usage`` is declared, so decoding a 4 KB chat body builds four integers and nothing else."""
+
+    usage: _WireUsage | None = None
+
+
+class _InputLine(msgspec.Struct):
+    custom_id: str
+
+
+class _Row(msgspec.Struct):
+    """One line of the joined file; field order is key order."""
+
+    custom_id: str | None
+    line: int
+    ok: bool
+    status_code: int | None
+    body: msgspec.Raw
+    error_code: str | None
+    error_message: str | None
+
+
+_LINE_DECODER = msgspec.json.Decoder(_WireLine)
+_ERROR_DECODER = msgspec.json.Decoder(_ErrorEnvelope)
+_USAGE_DECODER = msgspec.json.Decoder(_UsageEnvelope)
+_INPUT_DECODER = msgspec.json.Decoder(_InputLine)
+
+
+# Public values ----------------------------------------------------------------------------------------------
+
+
+class BatchResult(msgspec.Struct, frozen=True, kw_only=True):
+    """One result line of an output or error file.
+
+    ``body`` is the endpoint's response body as :class:`msgspec.Raw`: a zero-copy view of those bytes of
+    the line, not yet decoded. Decoding every body eagerly would materialise the whole file's objects when
+    most callers only route results by ``ok`` or write them elsewhere; raw bytes also pass through to the
+    joined file unchanged (no float or key-order drift). Call :meth:`decode_body` to get Python objects or
+    a typed struct.
+    """
+
+    custom_id: str
+    ok: bool
+    """True only when the line has no top-level ``error`` and ``200 <= status_code < 300``; the file it came
+    from does not matter (error lines usually carry ``error: null`` and a 4xx/5xx inside ``response``)."""
+    status_code: int | None
+    """``response.status_code``; None for expired or cancelled requests, which never ran."""
+    body: msgspec.Raw
+    """``response.body`` as raw JSON; ``null`` when there is no response."""
+    error_code: str | None
+    """Top-level ``error.code`` (``batch_expired``, ``batch_cancelled``, …), else
+    ``response.body.error.code``, else that error's ``type``: OpenAI's 5xx bodies carry ``code: null`` and
+    only a type such as ``server_error``, which is still the most useful thing to group failures by."""
+    error_message: str | None
+    request_id: str | None
+    line: int
+    """1-based line number in the file it was read from (blank lines counted), for pointing at the source."""
+
+    @overload
+    def decode_body(self) -> Any: ...
+
+    @overload
+    def decode_body(self, into: type[_T]) -> _T: ...
+
+    def decode_body(self, into: Any = Any) -> Any:
+        """Decode ``body``: plain Python objects by default, or ``into`` (a ``msgspec.Struct``, dataclass,
+        TypedDict…) validated by msgspec."""
+        return msgspec.json.decode(self.body, type=into)
+
+
+@dataclass(frozen=True)
+class MalformedLine:
+    """A non-blank line that is not a result (or request) line: bad JSON, or no string ``custom_id``."""
+
+    file: str
+    """``output``, ``error`` or ``input`` in summaries; the source's name from :func:`iter_results`."""
+    line: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """Token totals over successful lines, in the terms of the batch object's ``usage``."""
+
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The batch object's ``usage`` shape, so the two compare with ``==``."""
+        return {
+            "input_tokens": self.input_tokens,
+            "input_tokens_details": {"cached_tokens": self.cached_tokens},
+            "output_tokens": self.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+            "total_tokens": self.total_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class IdSample:
+    """An exact count of ids and the first few of them, in the order they were met."""
+
+    total: int = 0
+    ids: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total": self.total, "ids": list(self.ids)}
+
+
+@dataclass(frozen=True)
+class ResultSummary:
+    """What a batch's result files say, small enough for an XCom manifest.
+
+    Outcome counts are per result line: ``lines == succeeded + sum(failed_by_status.values()) + expired +
+    cancelled + sum(other_errors.values())``. A ``custom_id`` met twice counts twice and is listed in
+    ``duplicates``. ``requests``, ``missing`` and ``unknown`` need the input file and are None without it.
+    """
+
+    lines: int
+    succeeded: int
+    failed_by_status: Mapping[int, int]
+    """HTTP-level failures (a response with a non-2xx status), by status code."""
+    expired: int
+    cancelled: int
+    other_errors: Mapping[str, int]
+    """Lines failed for another reason, by top-level error code (``no_response`` when a line has neither a
+    status nor an error)."""
+    usage: TokenUsage
+    duplicates: IdSample
+    """``custom_id`` values that have more than one result line."""
+    malformed_total: int
+    malformed: tuple[MalformedLine, ...]
+    requests: int | None = None
+    """Requests in the input file."""
+    missing: IdSample | None = None
+    """Input ``custom_id`` values with neither an output nor an error line: resubmit these."""
+    unknown: IdSample | None = None
+    """Result ``custom_id`` values absent from the input file (the wrong input file, or a server bug)."""
+
+    @property
+    def failed(self) -> int:
+        """Result lines that are not successes, whatever the reason."""
+        return self.lines - self.succeeded
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-native values only (status codes become string keys)."""
+        return {
+            "lines": self.lines,
+            "requests": self.requests,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "failed_by_status": {str(code): count for code, count in sorted(self.failed_by_status.items())},
+            "expired": self.expired,
+            "cancelled": self.cancelled,
+            "other_errors": dict(sorted(self.other_errors.items())),
+            "usage": self.usage.to_dict(),
+            "missing": self.missing.to_dict() if self.missing is not None else None,
+            "duplicates": self.duplicates.to_dict(),
+            "unknown": self.unknown.to_dict() if self.unknown is not None else None,
+            "malformed": {"total": self.malformed_total, "lines": [asdict(m) for m in self.malformed]},
+        }
+
+
+# Public functions -------------------------------------------------------------------------------------------
+
+
+def iter_results(source: ResultSource) -> Iterator[BatchResult | MalformedLine]:
+    """Stream one output or error file, one line at a time, in file order.
+
+    Malformed lines are yielded as :class:`MalformedLine` among the results rather than raised, so a caller
+    cannot lose a whole file to one bad line, and cannot overlook it either: the type says it is there.
+    Blank lines are skipped.
+    """
+    label = _describe(source)
+    with _open_source(source) as stream:
+        for number, _, raw in _split_lines(stream):
+            yield _parse(raw, number, label)
+
+
+def summarize(
+    *,
+    output_file: ResultSource | None = None,
+    error_file: ResultSource | None = None,
+    input_file: ResultSource | None = None,
+    id_limit: int = DEFAULT_ID_LIMIT,
+) -> ResultSummary:
+    """Count outcomes and sum usage over a batch's output and error files in one streaming pass each.
+
+    Either file may be None: OpenAI sets ``output_file_id`` to null when nothing succeeded, and
+    ``error_file_id`` to null when nothing failed. With ``input_file``, the summary also reports the requests
+    that have no result line (``missing``) and result lines for ids not in the input (``unknown``).
+
+    :param id_limit: how many ids each id list keeps; totals stay exact.
+    """
+    tally = _Tally(id_limit)
+    with ExitStack() as stack:
+        sources = [
+            _Indexed(label, stack.enter_context(_open_source(source)), 0)
+            for label, source in (("output", output_file), ("error", error_file))
+            if source is not None
+        ]
+        index = _index_results(sources, tally)
+        if input_file is not None:
+            for _ in _walk_input(stack.enter_context(_open_source(input_file)), index, tally):
+                pass
+    return tally.summary()
+
+
+def write_joined(
+    *,
+    input_file: ResultSource,
+    destination: Destination,
+    output_file: ResultSource | None = None,
+    error_file: ResultSource | None = None,
+    id_limit: int = DEFAULT_ID_LIMIT,
+) -> ResultSummary:
+    """Write one JSONL row per input request, in input order, and return the summary of the same pass.
+
+    Each row is ``{"custom_id", "line", "ok", "status_code", "body", "error_code", "error_message"}`` where
+    ``line`` is the request's 1-based line in the input file and ``body`` is the response body exactly as the
+    result file had it. A request without a result line gets ``ok: false, error_code: "missing"``; an input
+    line without a readable ``custom_id`` gets ``custom_id: null, error_code: "malformed_input"``, so every
+    non-blank input line has exactly one row. When a ``custom_id`` has several result lines, the first
+    successful one wins, else the first one: a request that did succeed must not be reported failed.
+
+    Memory grows with the number of requests, not with the size of the files: one pass over the result files
+    records, per ``custom_id``, which file and byte range holds its line (about 20 MB for 50,000 requests);
+    the input is then read in order and each row's line is read back by seeking. Local files and seekable
+    file objects are read in place (a file object's position moves). Object storage and non-seekable streams
+    are first copied to an anonymous local temporary file, because the second pass is random access in input
+    order: tens of thousands of ranged reads against S3 or GCS would cost one request each, while the copy is
+    one sequential download (it needs local disk space the size of the result files). The input file is
+    only read sequentially, so it is streamed from wherever it is.
+
+    :param destination: a local path or any ``ObjectStoragePath``; overwritten.
+    :param id_limit: how many ids each id list of the summary keeps; totals stay exact.
+    """
+    tally = _Tally(id_limit)
+    with ExitStack() as stack:
+        sources = [
+            stack.enter_context(_seekable_copy(label, source))
+            for label, source in (("output", output_file), ("error", error_file))
+            if source is not None
+        ]
+        index = _index_results(sources, tally)
+        requests = _walk_input(stack.enter_context(_open_source(input_file)), index, tally)
+        with _open_path(destination, "wb") as out:
+            _write_rows(out, requests, sources)
+    return tally.summary()
+
+
+# Parsing ----------------------------------------------------------------------------------------------------
+
+
+def _split_lines(stream: IO[bytes]) -> Iterator[tuple[int, int, bytes]]:
+    """Yield ``(line number, byte offset, line)`` for each non-blank line, without its newline.
+
+    Reads fixed-size blocks rather than ``readline()``: a Python-level ``readline`` per line on fsspec files
+    (and through Airflow's lineage wrapper) costs far more than splitting a 1 MiB block in C. Pieces of a line
+    that spans blocks are joined once, so a very long line (a base64 image) is not copied once per block.
+    """
+    number = offset = 0
+    pending: list[bytes] = []
+    while block := stream.read(BLOCK_SIZE):
+        pieces = block.split(b"\n")
+        if len(pieces) == 1:
+            pending.append(block)
+            continue
+        if pending:
+            pending.append(pieces[0])
+            pieces[0] = b"".join(pending)
+            pending = []
+        tail = pieces.pop()
+        for piece in pieces:
+            number += 1
+            if piece and not piece.isspace():
+                yield number, offset, piece
+            offset += len(piece) + 1
+        if tail:
+            pending.append(tail)
+    last = b"".join(pending)
+    if last and not last.isspace():
+        yield number + 1, offset, last
+
+
+def _parse(raw: bytes, number: int, label: str) -> BatchResult | MalformedLine:
+    try:
+        wire = _LINE_DECODER.decode(raw)
+    except msgspec.DecodeError as exc:  # also msgspec.ValidationError, e.g. no custom_id
+        return MalformedLine(label, number, str(exc)[:REASON_LIMIT])
+    return _to_result(wire, number)
+
+
+def _to_result(wire: _WireLine, number: int) -> BatchResult:
+    response = wire.response
+    status = response.status_code if response is not None else None
+    body = response.body if response is not None else _NULL
+    ok = wire.error is None and status is not None and 200 <= status < 300
+    code = message = None
+    if wire.error is not None:
+        code, message = wire.error.code, wire.error.message
+    elif not ok and response is not None:
+        code, message = _http_error(body)
+    return BatchResult(
+        custom_id=wire.custom_id,
+        ok=ok,
+        status_code=status,
+        body=body,
+        error_code=code,
+        error_message=message,
+        request_id=response.request_id if response is not None else None,
+        line=number,
+    )
+
+
+def _http_error(body: msgspec.Raw) -> tuple[str | None, str | None]:
+    """``(code or type, message)`` of an HTTP error body; ``(None, None)`` when the body is not OpenAI's
+    error envelope (a proxy's HTML page, say): the status code still tells the caller what happened."""
+    try:
+        error = _ERROR_DECODER.decode(body).error
+    except msgspec.DecodeError:
+        return None, None
+    if error is None:
+        return None, None
+    return error.code or error.type, error.message
+
+
+# Summary ----------------------------------------------------------------------------------------------------
+
+
+_Slot: TypeAlias = tuple[int, int, int, bool]
+"""Where a result line is: (source index, byte offset, length, ok)."""
+
+
+@dataclass(frozen=True)
+class _Indexed:
+    """A result file being indexed: its label, an open stream, and the stream position of byte 0."""
+
+    label: str
+    stream: IO[bytes]
+    start: int
+
+
+@dataclass
+class _Tally:
+    """Mutable counters behind :class:`ResultSummary`, fed by the passes over result and input files."""
+
+    id_limit: int
+    lines: int = 0
+    succeeded: int = 0
+    expired: int = 0
+    cancelled: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+    other: dict[str, int] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=lambda: {f.name: 0 for f in fields(TokenUsage)})
+    duplicates: dict[str, None] = field(default_factory=dict)
+    """An ordered set: every duplicated id (duplicates are rare, and the total must be exact)."""
+    malformed_total: int = 0
+    malformed: list[MalformedLine] = field(default_factory=list)
+    requests: int | None = None
+    missing: IdSample | None = None
+    unknown: IdSample | None = None
+
+    def add(self, result: BatchResult) -> None:
+        self.lines += 1
+        if result.ok:
+            self.succeeded += 1
+            self._add_usage(result.body)
+        elif result.status_code is not None and not 200 <= result.status_code < 300:
+            self.by_status[result.status_code] = self.by_status.get(result.status_code, 0) + 1
+        elif result.error_code == EXPIRED:
+            self.expired += 1
+        elif result.error_code == CANCELLED:
+            self.cancelled += 1
+        else:
+            code = result.error_code or "no_response"
+            self.other[code] = self.other.get(code, 0) + 1
+
+    def add_malformed(self, line: MalformedLine) -> None:
+        self.malformed_total += 1
+        if len(self.malformed) < MALFORMED_LIMIT:
+            self.malformed.append(line)
+
+    def _add_usage(self, body: msgspec.Raw) -> None:
+        try:
+            usage = _USAGE_DECODER.decode(body).usage
+        except msgspec.DecodeError:  # a body that is not an object, or odd usage: the result still counts
+            return
+        if usage is None:
+            return
+        inputs = usage.input_tokens if usage.input_tokens is not None else usage.prompt_tokens or 0
+        outputs = usage.output_tokens if usage.output_tokens is not None else usage.completion_tokens or 0
+        details_in = usage.input_tokens_details or usage.prompt_tokens_details
+        details_out = usage.output_tokens_details or usage.completion_tokens_details
+        self.usage["input_tokens"] += inputs
+        self.usage["output_tokens"] += outputs
+        total = usage.total_tokens if usage.total_tokens is not None else inputs + outputs
+        self.usage["total_tokens"] += total
+        self.usage["cached_tokens"] += (details_in.cached_tokens or 0) if details_in else 0
+        self.usage["reasoning_tokens"] += (details_out.reasoning_tokens or 0) if details_out else 0
+
+    def sample(self, ids: list[str], total: int) -> IdSample:
+        return IdSample(total, tuple(ids[: self.id_limit]))
+
+    def summary(self) -> ResultSummary:
+        return ResultSummary(
+            lines=self.lines,
+            succeeded=self.succeeded,
+            failed_by_status=dict(self.by_status),
+            expired=self.expired,
+            cancelled=self.cancelled,
+            other_errors=dict(self.other),
+            usage=TokenUsage(**self.usage),
+            duplicates=self.sample(list(self.duplicates), len(self.duplicates)),
+            malformed_total=self.malformed_total,
+            malformed=tuple(self.malformed),
+            requests=self.requests,
+            missing=self.missing,
+            unknown=self.unknown,
+        )
+
+
+def _index_results(sources: list[_Indexed], tally: _Tally) -> dict[str, _Slot]:
+    """One pass over the result files: tally every line and map each ``custom_id`` to its line's slot."""
+    index: dict[str, _Slot] = {}
+    for position, source in enumerate(sources):
+        for number, offset, raw in _split_lines(source.stream):
+            result = _parse(raw, number, source.label)
+            if isinstance(result, MalformedLine):
+                tally.add_malformed(result)
+                continue
+            tally.add(result)
+            slot = (position, source.start + offset, len(raw), result.ok)
+            previous = index.get(result.custom_id)
+            if previous is None:
+                index[result.custom_id] = slot
+                continue
+            tally.duplicates[result.custom_id] = None
+            if result.ok and not previous[3]:
+                index[result.custom_id] = slot
+    return index
+
+
+def _walk_input(
+    stream: IO[bytes], index: dict[str, _Slot], tally: _Tally
+) -> Iterator[tuple[int, str | None, _Slot | None]]:
+    """Yield ``(input line, custom_id, slot)`` per request in input order; record ``requests``, ``missing``
+    and ``unknown`` in ``tally`` once exhausted. ``custom_id`` is None for a malformed input line."""
+    seen: set[str] = set()
+    missing: list[str] = []
+    missing_total = requests = 0
+    for number, _, raw in _split_lines(stream):
+        try:
+            custom_id = _INPUT_DECODER.decode(raw).custom_id
+        except msgspec.DecodeError as exc:
+            tally.add_malformed(MalformedLine("input", number, str(exc)[:REASON_LIMIT]))
+            yield number, None, None
+            continue
+        requests += 1
+        seen.add(custom_id)
+        slot = index.get(custom_id)
+        if slot is None:
+            missing_total += 1
+            if len(missing) < tally.id_limit:
+                missing.append(custom_id)
+        yield number, custom_id, slot
+    unknown = [custom_id for custom_id in index if custom_id not in seen]
+    tally.requests = requests
+    tally.missing = tally.sample(missing, missing_total)
+    tally.unknown = tally.sample(unknown, len(unknown))
+
+
+# I/O --------------------------------------------------------------------------------------------------------
+
+
+def _describe(source: ResultSource) -> str:
+    if isinstance(source, ObjectStoragePath):
+        return str(source)
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source)
+    return str(getattr(source, "name", "<stream>"))
+
+
+def _local_path(source: ResultSource) -> str | os.PathLike[str] | None:
+    if isinstance(source, ObjectStoragePath):
+        return source.path if source.protocol in _LOCAL_PROTOCOLS else None
+    if isinstance(source, str | os.PathLike):
+        return source
+    return None
+
+
+@contextmanager
+def _open_path(path: Destination, mode: str) -> Iterator[IO[bytes]]:
+    if isinstance(path, ObjectStoragePath):
+        with path.open(mode) as stream:
+            yield stream
+    else:
+        with open(path, mode) as stream:
+            yield stream
+
+
+@contextmanager
+def _open_source(source: ResultSource) -> Iterator[IO[bytes]]:
+    """Open a path for binary reading; a caller's file object is used as is and left open (it is theirs)."""
+    if isinstance(source, ObjectStoragePath | str | os.PathLike):
+        with _open_path(source, "rb") as stream:
+            yield stream
+    else:
+        yield source
+
+
+@contextmanager
+def _seekable_copy(label: str, source: ResultSource) -> Iterator[_Indexed]:
+    """Open a result file for random access: local files and seekable file objects in place (a caller's file
+    object is read from its current position and left elsewhere), anything else spooled to disk first."""
+    local = _local_path(source)
+    if local is not None:
+        with open(local, "rb") as stream:
+            yield _Indexed(label, stream, 0)
+    elif not isinstance(source, ObjectStoragePath) and source.seekable():
+        yield _Indexed(label, source, source.tell())
+    else:
+        with _open_source(source) as stream, tempfile.TemporaryFile() as spool:
+            shutil.copyfileobj(stream, spool, BLOCK_SIZE)
+            spool.seek(0)
+            yield _Indexed(label, spool, 0)
+
+
+def _write_rows(
+    out: IO[bytes], requests: Iterator[tuple[int, str | None, _Slot | None]], sources: list[_Indexed]
+) -> None:
+    """Encode the joined rows into one buffer written in ~1 MiB pieces: a ``write`` per row would pay the
+    per-call cost of fsspec and of Airflow's lineage wrapper tens of thousands of times."""
+    encoder = msgspec.json.Encoder()
+    buffer = bytearray()
+    for number, custom_id, slot in requests:
+        if slot is None:
+            code, message = (
+                (MISSING, "No output or error line has this custom_id.")
+                if custom_id is not None
+                else (MALFORMED_INPUT, "This input line has no readable custom_id.")
+            )
+            row = _Row(custom_id, number, False, None, _NULL, code, message)
+        else:
+            source = sources[slot[0]]
+            source.stream.seek(slot[1])
+            # The line decoded once already; the row carries the input line number, not the result's.
+            result = _to_result(_LINE_DECODER.decode(source.stream.read(slot[2])), number)
+            row = _Row(
+                custom_id,
+                number,
+                result.ok,
+                result.status_code,
+                result.body,
+                result.error_code,
+                result.error_message,
+            )
+        encoder.encode_into(row, buffer, -1)
+        buffer += b"\n"
+        if len(buffer) >= BLOCK_SIZE:
+            out.write(bytes(buffer))
+            buffer.clear()
+    out.write(bytes(buffer))
