@@ -190,11 +190,9 @@ class PollSchedule:
 
 @dataclass(frozen=True)
 class Step:
-    """What a waiter should do after one observation."""
+    """What one observation means for a waiter."""
 
     decision: Decision
-    sleep: float
-    """Seconds until the next observation (0 when done); never past the deadline."""
     progress: str | None = None
     """A progress line when the counts or status changed since the last observation."""
     warning: str | None = None
@@ -205,7 +203,11 @@ class Wait:
     """The state of one wait for a batch: poll count, consecutive failures, last good snapshot.
 
     The trigger (async) and the hook's synchronous wait drive the same object, doing only the
-    I/O and the sleeping themselves, so the two paths cannot drift.
+    I/O and the sleeping themselves, so the two paths cannot drift. A waiter pauses *before* each
+    observation: whoever starts a wait has just looked at the batch (the operator and the sensor
+    check once before deferring), so looking again at once would only cost a call, and a trigger
+    that fires within seconds of the deferral meets a known Airflow 3.3 scheduler race
+    (apache/airflow#67287) that fails the task.
     """
 
     batch_id: str
@@ -216,6 +218,12 @@ class Wait:
     polls: int = 0
     last: BatchSnapshot | None = None
     _unknown_reported: bool = False
+
+    def pause(self, now: float) -> float:
+        """Seconds to wait before the next observation; never past the deadline."""
+        seconds = max(0.0, min(self.schedule.interval(self.polls), self.end_time - now))
+        self.polls += 1
+        return seconds
 
     def observe(self, observed: BatchSnapshot | PollFailure, now: float) -> Step:
         progress = warning = None
@@ -228,7 +236,7 @@ class Wait:
         )
         self.failures = decision.failures
         if decision.done:
-            return Step(decision, 0.0, progress)
+            return Step(decision, progress)
         if decision.unknown_status and not self._unknown_reported:
             self._unknown_reported = True
             warning = (
@@ -237,9 +245,7 @@ class Wait:
             )
         elif isinstance(observed, PollFailure):
             warning = f"Batch {self.batch_id}: {decision.message} ({self.failures}/{self.max_failures})"
-        sleep = max(0.0, min(self.schedule.interval(self.polls), self.end_time - now))
-        self.polls += 1
-        return Step(decision, sleep, progress, warning)
+        return Step(decision, progress, warning)
 
 
 Outcome = Literal["success", "too_many_failed_lines"]

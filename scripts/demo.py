@@ -1,102 +1,117 @@
-"""`make demo`: one batch through the local emulator with the official openai SDK.
+"""`make demo`: the main job on a real Airflow.
 
-Starts the emulator, uploads a small chat-completions JSONL, creates the batch, follows it to a
-terminal state, streams the result files down and prints a readable summary. No key, no cost.
+Starts the emulator and a real Airflow (api-server, scheduler, dag-processor, triggerer;
+LocalExecutor; SQLite under ``.demo/``), triggers the embeddings example, shows the task
+deferring and completing, prints a summary, and stops everything it started.
+
+Against OpenAI (or any compatible server) instead of the emulator::
+
+    OPENAI_API_KEY=sk-... make demo                                  # api.openai.com
+    DEMO_BASE_URL=https://my-gateway/v1 OPENAI_API_KEY=... make demo # another base URL
+
+``DEMO_KEEP=1`` leaves Airflow running at the end so you can look around in the UI.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
+import os
+import shutil
+import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from airflow_stack import AirflowStack
+
 from airflow_provider_batch.emulator.process import EmulatorProcess
 
-QUESTIONS = [
-    "What is the capital of France?",
-    "Name a prime number larger than 100.",
-    "Summarise the plot of Hamlet in one line.",
-    "Translate 'good morning' into Spanish.",
-    "What does JSONL stand for?",
-    "Give one use of a message queue.",
-    "Why do batch APIs cost less?",
-    "What is an Airflow trigger?",
-]
-
-
-def build_input(path: Path) -> None:
-    with path.open("w") as out:
-        for index, question in enumerate(QUESTIONS):
-            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": question}]}
-            if index == 5:  # one line fails the way a rate-limited request does
-                body["emulator"] = {"status_code": 429, "message": "Rate limit reached for requests."}
-            request = {"custom_id": f"question-{index}", "method": "POST", "url": "/v1/chat/completions"}
-            out.write(json.dumps({**request, "body": body}) + "\n")
-
-
-def download_lines(client, file_id: str | None) -> list[dict]:
-    if not file_id:
-        return []
-    with client.files.with_streaming_response.content(file_id) as response:
-        return [json.loads(line) for line in response.iter_lines() if line.strip()]
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_DIR = ROOT / ".demo"
+DAG_ID = "example_openai_batch_embeddings"
+TASK_ID = "embed_documents"
 
 
 def main() -> None:
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        EmulatorProcess(Path(tmp) / "data", "--line-delay", "0.15") as server,
-    ):
-        print(f"Emulator listening at {server.base_url}\n")
-        client = server.client()
-        source = Path(tmp) / "questions.jsonl"
-        build_input(source)
-        uploaded = client.files.create(file=source, purpose="batch")
-        print(f"uploaded   {uploaded.id}  ({uploaded.bytes} bytes, {len(QUESTIONS)} requests)")
-        batch = client.batches.create(
-            input_file_id=uploaded.id,
-            endpoint="/v1/chat/completions",
-            completion_window="24h",
-            metadata={"demo": "make-demo"},
-        )
-        print(f"created    {batch.id}  status={batch.status}")
-        seen = None
-        while batch.status not in {"completed", "failed", "expired", "cancelled"}:
-            counts = batch.request_counts
-            progress = (batch.status, counts.completed, counts.failed) if counts else (batch.status,)
-            if progress != seen:
-                done = f"{counts.completed} ok, {counts.failed} failed of {counts.total}" if counts else ""
-                print(f"polling    status={batch.status:<11} {done}")
-                seen = progress
-            time.sleep(0.2)
-            batch = client.batches.retrieve(batch.id)
+    shutil.rmtree(DEMO_DIR, ignore_errors=True)
+    DEMO_DIR.mkdir()
+    api_key = os.environ.get("OPENAI_API_KEY")
+    emulator = None
+    if api_key:
+        base_url = os.environ.get("DEMO_BASE_URL", "https://api.openai.com/v1")
+        print(f"Using {base_url} with your API key (real batches, real cost).")
+    else:
+        # Lines take 1.5 s each, so the batch runs ~10 s: long enough to see the task deferred.
+        emulator = EmulatorProcess(DEMO_DIR / "emulator", "--line-delay", "1.5", "--validating-delay", "1")
+        base_url, api_key = emulator.base_url, "sk-demo-not-a-real-key"
+        print(f"Emulator at {base_url} (no key, no cost).")
 
-        outputs = download_lines(client, batch.output_file_id)
-        errors = download_lines(client, batch.error_file_id)
-        by_id = {line["custom_id"]: line for line in outputs + errors}
-        usage = batch.usage
-        print(f"\nBatch {batch.id} finished: {batch.status}")
-        print(
-            f"  requests   {batch.request_counts.completed} succeeded, {batch.request_counts.failed} failed"
-        )
-        print(
-            f"  usage      {usage.input_tokens} input + {usage.output_tokens} output"
-            f" = {usage.total_tokens} tokens"
-        )
-        print(f"  files      output={batch.output_file_id} error={batch.error_file_id}")
-        print("\nResults joined back to the questions (the emulator shuffles output order, as OpenAI may):")
-        for index, question in enumerate(QUESTIONS):
-            line = by_id[f"question-{index}"]
-            response = line["response"]
-            if response and 200 <= response["status_code"] < 300:
-                answer = response["body"]["choices"][0]["message"]["content"]
-                print(f"  ok   {question:<45} -> {answer[:60]}")
-            else:
-                reason = (response or {}).get("body", {}).get("error", {}).get("message") or line["error"]
-                print(f"  FAIL {question:<45} -> {response['status_code'] if response else ''} {reason}")
-        print(
-            "\nNext: `python -m airflow_provider_batch.emulator --port 8000` serves your own clients."
-        )
+    connection = {"conn_type": "openai_batch", "host": base_url, "password": api_key}
+    stack = AirflowStack(
+        DEMO_DIR / "airflow",
+        ROOT / "example_dags",
+        env={
+            "AIRFLOW_CONN_OPENAI_DEFAULT": json.dumps(connection),
+            "BATCH_EXAMPLES_OUTPUT": f"file://{DEMO_DIR / 'results'}",
+            "BATCH_EXAMPLES_POLL_INTERVAL": "3",
+        },
+    )
+    try:
+        print("Migrating the metadata database (SQLite) ...")
+        stack.migrate()
+        print("Starting api-server, scheduler, dag-processor and triggerer ...")
+        stack.start()
+        stack.wait_for_dag(DAG_ID)
+        run_id = stack.trigger(DAG_ID)
+        print(f"Triggered {DAG_ID}, run {run_id}\n")
+        follow(stack, run_id)
+        summarise(stack, run_id)
+    finally:
+        if os.environ.get("DEMO_KEEP"):
+            print(
+                f"\nAirflow keeps running at {stack.url} (PIDs {[p.pid for p in stack.processes.values()]})."
+            )
+        else:
+            stack.stop()
+            if emulator is not None:
+                emulator.stop()
+            print("\nStopped everything the demo started.")
+
+
+def follow(stack: AirflowStack, run_id: str, timeout: float = 300) -> None:
+    """Print each state the batch task goes through until the run ends."""
+    seen: str | None = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = stack.task_state(DAG_ID, run_id, TASK_ID)
+        if state != seen:
+            note = "  <- waiting in the triggerer, no worker slot held" if state == "deferred" else ""
+            print(f"  {time.strftime('%H:%M:%S')}  {TASK_ID}: {state}{note}")
+            seen = state
+        run_state = stack.run_state(DAG_ID, run_id)
+        if run_state in ("success", "failed"):
+            print(f"  {time.strftime('%H:%M:%S')}  run: {run_state}")
+            if run_state == "failed":
+                raise SystemExit(f"The run failed; see {stack.home / 'logs'}")
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"The run did not finish in {timeout:.0f} s; see {stack.home / 'logs'}")
+
+
+def summarise(stack: AirflowStack, run_id: str) -> None:
+    manifest = stack.xcom(DAG_ID, run_id, TASK_ID)
+    neighbours = stack.xcom(DAG_ID, run_id, "nearest_neighbours")
+    counts, usage = manifest["request_counts"], manifest["usage"] or {}
+    summary = manifest.get("results_summary") or {}
+    print("\nSummary")
+    print(f"  batch        {manifest['batch_id']} ({manifest['status']}, model {manifest['model']})")
+    print(f"  requests     {counts['completed']} completed, {counts['failed']} failed of {counts['total']}")
+    print(f"  usage        {usage.get('input_tokens')} input tokens, {usage.get('total_tokens')} in all")
+    print(f"  results      {manifest.get('results_uri')} ({summary.get('succeeded')} rows ok, input order)")
+    print(f"  files        output {manifest['output_file_id']}, errors {manifest['error_file_id']}")
+    print("  neighbours   " + ", ".join(f"{doc} -> {other}" for doc, other in sorted(neighbours.items())))
+    print(f"\nUI: {stack.url} (keep it running with DEMO_KEEP=1; every user is admin in this demo)")
 
 
 if __name__ == "__main__":

@@ -109,9 +109,10 @@ def test_wait_reports_progress_changes_and_an_unknown_status_once() -> None:
         "batch_1", end_time=NOW + 3600, schedule=PollSchedule(initial=10, maximum=40, rng=random.Random(1))
     )
     counts = {"total": 4, "completed": 1, "failed": 0}
+    assert 9 <= wait.pause(NOW) <= 11
     first = wait.observe(snapshot("in_progress", request_counts=counts), NOW)
     assert first.progress == "Batch batch_1 in_progress: 1 completed, 0 failed of 4"
-    assert 9 <= first.sleep <= 11
+    assert 13.5 <= wait.pause(NOW) <= 16.5
     assert wait.observe(snapshot("in_progress", request_counts=counts), NOW).progress is None
     strange = [wait.observe(snapshot("paused"), NOW).warning for _ in range(3)]
     assert strange[0] is not None
@@ -127,7 +128,8 @@ def test_wait_reports_progress_changes_and_an_unknown_status_once() -> None:
 
 def test_wait_never_sleeps_past_the_deadline() -> None:
     wait = Wait("batch_1", end_time=NOW + 2, schedule=PollSchedule(initial=30))
-    assert wait.observe(snapshot("validating"), NOW).sleep == pytest.approx(2)
+    assert wait.pause(NOW) == pytest.approx(2)
+    assert wait.pause(NOW + 5) == 0
 
 
 def test_default_schedule_costs_at_most_300_status_calls_over_24_hours() -> None:

@@ -473,11 +473,11 @@ class OpenAIBatchHook(BaseHook):
         the deferrable and the synchronous paths finish through the same code."""
         wait = Wait(batch_id, end_time, schedule or PollSchedule(), max_consecutive_failures)
         while True:
+            time.sleep(wait.pause(time.time()))
             step = wait.observe(self.poll_batch(batch_id), now=time.time())
             log_step(log, step)
             if step.decision.done:
                 return build_event(batch_id, step.decision, wait.last)
-            time.sleep(step.sleep)
 
 
 def log_step(logger: logging.Logger, step: Step) -> None:

@@ -103,12 +103,12 @@ class OpenAIBatchTrigger(BaseTrigger):
         # Hold the loop's shared client for the whole wait; it is handed back however run() ends.
         async with self.hook.async_client():
             while True:
+                await asyncio.sleep(wait.pause(time.time()))
                 step = wait.observe(await self.hook.apoll_batch(self.batch_id), now=time.time())
                 log_step(self.log, step)
                 if step.decision.done:
                     yield TriggerEvent(build_event(self.batch_id, step.decision, wait.last))
                     return
-                await asyncio.sleep(step.sleep)
 
     async def on_kill(self) -> None:
         """Cancel the batch this trigger watches, once, best effort, bounded in time.

@@ -1,0 +1,210 @@
+"""A real Airflow on this machine: api-server, scheduler, dag-processor and triggerer, with the
+LocalExecutor and a project-local AIRFLOW_HOME, started and stopped by PID.
+
+``make demo`` and the end-to-end tests use it, so both run what users run: the real scheduler
+defers the task, the real triggerer runs our trigger, and the REST API is what a person clicking
+in the UI would call. SQLite by default; any SQLAlchemy URL (PostgreSQL) works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AirflowStack:
+    """Airflow's components as child processes sharing one environment.
+
+    :param home: AIRFLOW_HOME (created; logs of each component go to ``home/logs/<name>.log``).
+    :param dags_folder: the DAG files to serve.
+    :param env: extra environment, e.g. ``AIRFLOW_CONN_*`` connections.
+    :param database_url: ``sql_alchemy_conn``; SQLite under ``home`` when not given.
+    """
+
+    def __init__(
+        self,
+        home: Path,
+        dags_folder: Path,
+        *,
+        env: dict[str, str] | None = None,
+        database_url: str | None = None,
+    ) -> None:
+        self.home = Path(home).resolve()
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        database_url = database_url or f"sqlite:///{self.home / 'airflow.db'}"
+        bin_dir = Path(sys.executable).parent
+        self.airflow = str(bin_dir / "airflow")
+        self.env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "AIRFLOW_HOME": str(self.home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(Path(dags_folder).resolve()),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": "8",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
+            "AIRFLOW__API__PORT": str(self.port),
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__BASE_URL": self.url,
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "3",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+            "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "2",
+            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+            **(env or {}),
+        }
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._token: str | None = None
+
+    # lifecycle --------------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        self.run_cli("db", "migrate", timeout=300)
+
+    def start(self, components: tuple[str, ...] = COMPONENTS) -> None:
+        for name in components:
+            self.start_component(name)
+        self.wait(lambda: self._healthy(), 120, "the API server to answer")
+
+    def start_component(self, name: str) -> None:
+        log = (self.home / "logs" / f"{name}.log").open("ab")
+        command = [self.airflow, name] + (["--port", str(self.port)] if name == "api-server" else [])
+        self.processes[name] = subprocess.Popen(
+            command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def kill_component(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Stop one component and everything it spawned (a crash when ``sig`` is SIGKILL)."""
+        process = self.processes.pop(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        process.wait(30)
+
+    def stop(self) -> None:
+        for name in list(self.processes):
+            process = self.processes[name]
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for name, process in list(self.processes.items()):
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+            self.processes.pop(name)
+
+    def __enter__(self) -> AirflowStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def run_cli(self, *args: str, timeout: float = 120) -> str:
+        done = subprocess.run(
+            [self.airflow, *args], env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"airflow {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            )
+        return done.stdout
+
+    # REST API ---------------------------------------------------------------------------------
+
+    def api(self, method: str, path: str, payload: Any = None) -> Any:
+        if self._token is None:
+            with urllib.request.urlopen(f"{self.url}/auth/token", timeout=30) as response:
+                self._token = json.load(response)["access_token"]
+        data = None if payload is None else json.dumps(payload).encode()
+        request = urllib.request.Request(f"{self.url}/api/v2/{path.lstrip('/')}", data=data, method=method)
+        request.add_header("Authorization", f"Bearer {self._token}")
+        request.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                body = response.read()
+        except urllib.error.HTTPError as exc:
+            raise RuntimeError(f"{method} {path}: HTTP {exc.code} {exc.read()[:500]!r}") from None
+        return json.loads(body) if body else None
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v2/monitor/health", timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 120) -> None:
+        def parsed() -> bool:
+            try:
+                self.api("GET", f"dags/{dag_id}")
+            except RuntimeError:
+                return False
+            return True
+
+        self.wait(parsed, timeout, f"DAG {dag_id} to be parsed")
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        self.api("PATCH", f"dags/{dag_id}", {"is_paused": False})
+        run = self.api("POST", f"dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})
+        return run["dag_run_id"]
+
+    def task_instance(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        suffix = f"/{map_index}" if map_index >= 0 else ""
+        return self.api("GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}{suffix}")
+
+    def task_state(self, dag_id: str, run_id: str, task_id: str) -> str | None:
+        return self.task_instance(dag_id, run_id, task_id).get("state")
+
+    def set_task_state(self, dag_id: str, run_id: str, task_id: str, state: str) -> None:
+        self.api("PATCH", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}", {"new_state": state})
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return self.api("GET", f"dags/{dag_id}/dagRuns/{run_id}")["state"]
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
+        entry = self.api("GET", f"dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")
+        return entry["value"]
+
+    @staticmethod
+    def wait(predicate: Callable[[], bool], timeout: float, what: str, every: float = 0.5) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(every)
+        raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def logs(self, name: str) -> str:
+        return (self.home / "logs" / f"{name}.log").read_text(errors="replace")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.home, ignore_errors=True)
