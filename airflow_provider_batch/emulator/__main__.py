@@ -64,13 +64,17 @@ def _env_defaults(parser: argparse.ArgumentParser) -> None:
     for action in parser._actions:
         if not action.option_strings or action.dest == "help":
             continue
-        value = os.environ.get(ENV_PREFIX + action.dest.upper())
+        name = ENV_PREFIX + action.dest.upper()
+        value = os.environ.get(name)
         if value is None:
             continue
         if isinstance(action, argparse.BooleanOptionalAction):
             action.default = value.lower() in {"1", "true", "yes"}
         else:
-            action.default = action.type(value) if action.type else value
+            try:
+                action.default = action.type(value) if action.type else value
+            except ValueError:  # a usage error, as the same value given as a flag would be
+                parser.error(f"environment variable {name}: invalid value {value!r}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -144,7 +144,7 @@ async def _read_json(request: Request) -> Any:
             raise APIError(413, f"The request body is larger than {MAX_JSON_BODY} bytes.")
     try:
         return msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bad UTF-8 in a string
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # bad UTF-8 in a string; deep nesting
         raise invalid(
             "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your"
             " HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid"
@@ -333,7 +333,8 @@ async def cancel_batch(request: Request) -> Response:
 
     def cancel(batch: BatchRecord) -> None:
         if batch.status in ("validating", "in_progress", "finalizing"):
-            batch.status, batch.cancelling_at = "cancelling", int(time.time())
+            now = time.time()
+            batch.status, batch.cancelling_at, batch.phase_started = "cancelling", int(now), now
         elif batch.status != "cancelling":
             # 400 rather than 409: the SDK silently retries 409s.
             raise invalid(f"Cannot cancel a batch with status '{batch.status}'.", param="batch_id")
@@ -365,10 +366,13 @@ async def read_settings(request: Request) -> Response:
 
 async def change_settings(request: Request) -> Response:
     settings = _emulator(request).settings
+    changes = await _read_json(request)
     try:
-        apply_changes(settings, await _read_json(request))
+        apply_changes(settings, changes)
     except ValueError as exc:
         raise invalid(str(exc)) from None
+    if isinstance(changes.get("faults"), dict) and "seed" in changes["faults"]:
+        request.app.state.gate.reseed()
     return _json(settings.to_json())
 
 

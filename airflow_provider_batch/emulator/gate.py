@@ -117,10 +117,15 @@ class Gate:
             return APIError(401, "Incorrect API key provided.", code="invalid_api_key")
         return None
 
+    def reseed(self) -> None:
+        """Restart the fault dice from the configured seed (the settings endpoint calls this whenever a
+        change sets ``faults.seed``, even to the value it had, so a seeded run can be replayed)."""
+        self._dice, self._seed = random.Random(self.faults.seed), self.faults.seed
+
     def _roll(self, key: str) -> str | None:
         faults = self.faults
-        if faults.seed != self._seed:  # reseeded through the settings endpoint
-            self._dice, self._seed = random.Random(faults.seed), faults.seed
+        if faults.seed != self._seed:  # the settings were replaced without going through reseed()
+            self.reseed()
         if faults.rate <= 0 or faults.count == 0:
             return None
         if faults.routes and not re.search(faults.routes, key):

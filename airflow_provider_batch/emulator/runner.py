@@ -225,14 +225,18 @@ class BatchRunner:
 
     async def _finalize(self, batch: BatchRecord) -> None:
         controls = Controls.of(batch, self.settings)
-        await _sleep_until((batch.finalizing_at or time.time()) + controls.finalizing_delay)
+        await _sleep_until(
+            (batch.phase_started or batch.finalizing_at or time.time()) + controls.finalizing_delay
+        )
         batch = self.store.get_batch(batch.id)
         if batch.status == "finalizing":  # not cancelled while we waited
             self._publish(batch, "completed")
 
     async def _cancel(self, batch: BatchRecord) -> None:
         controls = Controls.of(batch, self.settings)
-        await _sleep_until((batch.cancelling_at or time.time()) + controls.cancelling_delay)
+        await _sleep_until(
+            (batch.phase_started or batch.cancelling_at or time.time()) + controls.cancelling_delay
+        )
         await self._end_unfinished(batch, "cancelled")
 
     async def _end_unfinished(self, batch: BatchRecord, outcome: str) -> None:
@@ -410,7 +414,8 @@ def _line_id(prefix: str, batch_id: str, custom_id: str) -> str:
 
 def _start_finalizing(batch: BatchRecord) -> None:
     if batch.status == "in_progress":
-        batch.status, batch.finalizing_at = "finalizing", int(time.time())
+        now = time.time()
+        batch.status, batch.finalizing_at, batch.phase_started = "finalizing", int(now), now
 
 
 def _fail(batch: BatchRecord, code: str, message: str) -> None:

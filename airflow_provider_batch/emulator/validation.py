@@ -267,7 +267,7 @@ def _check_line(raw: bytes, number: int, endpoint: str, report: FileReport) -> t
     """Check one line's JSON and fields; return ``(custom_id, body)`` when they are usable."""
     try:
         line = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError):  # msgspec raises the latter for bad UTF-8 in a string
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):  # bad UTF-8 in a string; deep nesting
         report.add("invalid_json_line", "This line is not parseable as valid JSON.", line=number)
         return None
     if not isinstance(line, dict):
