@@ -15,27 +15,23 @@ from typing import Any
 import msgspec
 
 from airflow_provider_batch.emulator.errors import invalid
-
-ENDPOINTS = (
-    "/v1/responses",
-    "/v1/chat/completions",
-    "/v1/embeddings",
-    "/v1/completions",
-    "/v1/moderations",
-    "/v1/images/generations",
-    "/v1/images/edits",
-    "/v1/videos",
+from airflow_provider_batch.limits import (
+    COMPLETION_WINDOWS,
+    ENDPOINTS,
+    MAX_EMBEDDING_INPUTS,
+    MAX_EXPIRES_AFTER_SECONDS,
+    MAX_FILE_BYTES,
+    MAX_METADATA_KEY_CHARS,
+    MAX_METADATA_PAIRS,
+    MAX_METADATA_VALUE_CHARS,
+    MAX_REQUESTS,
+    MIN_EXPIRES_AFTER_SECONDS,
 )
-COMPLETION_WINDOWS = ("24h",)
-MAX_REQUESTS = 50_000
-MAX_BATCH_FILE_BYTES = 200 * 1024 * 1024
+
+# OpenAI's limits are the provider's single source (the emulator may import the provider's pure
+# modules; the provider never imports the emulator).
+MAX_BATCH_FILE_BYTES = MAX_FILE_BYTES
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
-MAX_EMBEDDING_INPUTS = 50_000
-MAX_METADATA_PAIRS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
-MIN_EXPIRES_SECONDS = 3_600
-MAX_EXPIRES_SECONDS = 2_592_000
 MAX_REPORTED_ERRORS = 100
 """Validation stops collecting after this many errors; the batch fails either way."""
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
@@ -116,10 +112,10 @@ def parse_metadata(metadata: Any) -> dict[str, str] | None:
             code="object_above_max_properties",
         )
     for key, value in metadata.items():
-        if len(key) > MAX_METADATA_KEY:
+        if len(key) > MAX_METADATA_KEY_CHARS:
             raise invalid(
                 f"Invalid 'metadata': key '{key[:80]}' is too long. Expected a key with maximum length"
-                f" {MAX_METADATA_KEY}, but got a key with length {len(key)} instead.",
+                f" {MAX_METADATA_KEY_CHARS}, but got a key with length {len(key)} instead.",
                 param="metadata",
                 code="string_above_max_length",
             )
@@ -129,10 +125,10 @@ def parse_metadata(metadata: Any) -> dict[str, str] | None:
                 param=f"metadata.{key}",
                 code="invalid_type",
             )
-        if len(value) > MAX_METADATA_VALUE:
+        if len(value) > MAX_METADATA_VALUE_CHARS:
             raise invalid(
                 f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length"
-                f" {MAX_METADATA_VALUE}, but got a string with length {len(value)} instead.",
+                f" {MAX_METADATA_VALUE_CHARS}, but got a string with length {len(value)} instead.",
                 param=f"metadata.{key}",
                 code="string_above_max_length",
             )
@@ -162,10 +158,10 @@ def parse_expires_after(value: Any, param: str) -> int:
             param=f"{param}.seconds",
             code="invalid_type",
         )
-    if not MIN_EXPIRES_SECONDS <= seconds <= MAX_EXPIRES_SECONDS:
+    if not MIN_EXPIRES_AFTER_SECONDS <= seconds <= MAX_EXPIRES_AFTER_SECONDS:
         raise invalid(
-            f"Invalid '{param}.seconds': must be between {MIN_EXPIRES_SECONDS} and {MAX_EXPIRES_SECONDS},"
-            f" got {seconds}.",
+            f"Invalid '{param}.seconds': must be between {MIN_EXPIRES_AFTER_SECONDS} and"
+            f" {MAX_EXPIRES_AFTER_SECONDS}, got {seconds}.",
             param=f"{param}.seconds",
             code="invalid_value",
         )
