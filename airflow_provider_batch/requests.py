@@ -488,13 +488,19 @@ def _is_file_object(target: object) -> bool:
     return hasattr(target, "read") or hasattr(target, "write")
 
 
+def _is_local_path(target: object) -> bool:
+    # Before Airflow 3.2, ObjectStoragePath is also an os.PathLike (whose fspath is its URL): tell it
+    # apart by its ``protocol``.
+    return isinstance(target, (str, os.PathLike)) and not hasattr(target, "protocol")
+
+
 def _name(target: str | os.PathLike[str] | ObjectStoragePath) -> str:
-    return os.fspath(target) if isinstance(target, (str, os.PathLike)) else str(target)
+    return os.fspath(target) if _is_local_path(target) else str(target)
 
 
 def _open(target: FileLike, mode: str) -> AbstractContextManager[IO[bytes]]:
     """Open a local path, an ``ObjectStoragePath`` or a caller's file object (left open), in binary."""
-    if isinstance(target, (str, os.PathLike)):
+    if _is_local_path(target):
         return open(target, mode, buffering=0 if mode == "rb" else -1)
     if _is_file_object(target):
         return nullcontext(target)

@@ -34,7 +34,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, BaseOperator, ObjectStoragePath, conf
+from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf only exists from 3.2
+from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
 
 from airflow_provider_batch import requests as batch_requests
 from airflow_provider_batch.events import build_event, snapshot_from_event, validate_event
@@ -205,7 +206,7 @@ class OpenAIBatchOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="openai-batch-") as workdir:
             source = self._input_source(Path(workdir))
-            key = submission_key(context, self.endpoint, _fingerprint(source))
+            key = submission_key(context, self.endpoint, _fingerprint(source, self.input_file_id))
             batch = self._reattach(context, key) or self._submit(context, source, key)
         self.batch_id = batch.batch_id
         _remember(context, batch.batch_id, key)
@@ -442,11 +443,11 @@ def submission_key(context: Context, endpoint: str, fingerprint: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:48]
 
 
-def _fingerprint(source: Any) -> str:
+def _fingerprint(source: Any, input_file_id: str | None = None) -> str:
     """A cheap identity of the input: the file id, or the content hash of a local file, or the
     URI and size of a remote one (hashing a remote 200 MB file would mean downloading it twice)."""
     if source is None:
-        return "file-id"
+        return f"file-id:{input_file_id}"
     if isinstance(source, ObjectStoragePath) and source.protocol not in ("", "file", "local"):
         return f"{source}:{source.stat().get('size')}"
     digest = hashlib.blake2b(digest_size=16)

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
-from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException
+# conf and the sensor exceptions moved into airflow.sdk after 3.1; the compat layer finds them.
+from airflow.providers.common.compat.sdk import AirflowSensorTimeout, AirflowSkipException, conf
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_batch.events import build_event, validate_event
 from airflow_provider_batch.exceptions import OpenAIBatchError
