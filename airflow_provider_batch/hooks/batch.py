@@ -318,7 +318,11 @@ class OpenAIBatchHook(BaseHook):
                     file=(filename or name, stream), purpose=purpose, extra_body=extra_body
                 )
 
-        return self._call(send)
+        uploaded = self._call(send)
+        if uploaded.status == "uploaded":
+            # Azure OpenAI processes uploads asynchronously and rejects a batch on an unprocessed file.
+            uploaded = self._call(self.get_conn().files.wait_for_processing, uploaded.id)
+        return uploaded
 
     def download_file(
         self, file_id: str, destination: str | os.PathLike[str] | ObjectStoragePath | BinaryIO
