@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException
+# Through the compat layer: the exceptions moved into airflow.sdk after Airflow 3.1.
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 
 
 class OpenAIBatchError(AirflowException):
@@ -60,9 +61,10 @@ class OpenAIBatchPollingError(OpenAIBatchError):
     not cancelled."""
 
 
-class OpenAIBatchInvalidInput(OpenAIBatchError, ValueError):
+class OpenAIBatchInvalidInput(OpenAIBatchError, AirflowFailException, ValueError):
     """A batch input file or record breaks OpenAI's rules; raised before anything is uploaded or
-    submitted, so nothing is billed. Also a ``ValueError``: the input is wrong, retrying cannot help.
+    submitted, so nothing is billed. The task fails without retrying (an ``AirflowFailException``):
+    the input is wrong and a retry cannot help.
 
     :param errors: the problems found, in line order (``requests.LineError``: line, field, message).
     :param unreported: how many more problems were found after ``errors`` reached its cap.

@@ -20,6 +20,11 @@ ENDPOINTS: tuple[str, ...] = (
 )
 """Values accepted for a batch's ``endpoint``; every request line's ``url`` must equal the batch's one."""
 
+MODEL_REQUIRED_ENDPOINTS: frozenset[str] = frozenset(
+    {"/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions"}
+)
+"""Endpoints whose requests fail without ``body.model`` (moderations, images and videos have defaults)."""
+
 COMPLETION_WINDOWS: tuple[str, ...] = ("24h",)
 """``completion_window`` values OpenAI accepts; it has only ever offered a day."""
 

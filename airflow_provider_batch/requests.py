@@ -26,7 +26,13 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from airflow_provider_batch.exceptions import OpenAIBatchInvalidInput
-from airflow_provider_batch.limits import ENDPOINTS, MAX_EMBEDDING_INPUTS, MAX_FILE_BYTES, MAX_REQUESTS
+from airflow_provider_batch.limits import (
+    ENDPOINTS,
+    MAX_EMBEDDING_INPUTS,
+    MAX_FILE_BYTES,
+    MAX_REQUESTS,
+    MODEL_REQUIRED_ENDPOINTS,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -265,7 +271,9 @@ class _Checker:
             self.fail(line, "url", _must("url", f"equal the batch endpoint '{self.endpoint}'", url))
 
     def _check_body(self, line: int, model: object, stream: object, embedding_input: object) -> None:
-        if model is not None:
+        if model in (None, msgspec.UNSET) and self.endpoint in MODEL_REQUIRED_ENDPOINTS:
+            self.fail(line, "body.model", f"field 'body.model' is missing; {self.endpoint} needs a model")
+        elif model not in (None, msgspec.UNSET):
             if not isinstance(model, str):
                 self.fail(line, "body.model", _must("body.model", "be a string", model))
             elif self.model is None:

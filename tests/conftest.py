@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# First, before anything imports Airflow: point AIRFLOW_HOME at a temporary directory.
+from tests import airflow_env  # isort: split
+
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +17,14 @@ from airflow_provider_batch.emulator.process import EmulatorProcess
 # Airflow maps URL schemes to filesystems through providers, and none registers fsspec's
 # in-memory filesystem; attach it so tests can use ``ObjectStoragePath("memory://...")``.
 attach("memory", fs=fsspec.filesystem("memory"))
+
+
+@pytest.fixture(scope="session")
+def airflow_home() -> Path:
+    """The session's Airflow home with a migrated metadata database (``airflow db migrate``, ~10 s,
+    paid once and only by the tests that ask for it)."""
+    airflow_env.migrate()
+    return airflow_env.AIRFLOW_HOME
 
 
 @pytest.fixture(scope="session")

@@ -95,7 +95,7 @@ BAD_UTF8_IN_SKIPPED_FIELD = (
             id="utf8-in-a-skipped-field",
         ),
         pytest.param(
-            b'{"custom_id": "r\xff", "method": "POST", "url": "/v1/chat/completions", "body": {}}',
+            b'{"custom_id": "r\xff", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini"}}',
             "line 2: expected UTF-8 text, got byte 0xff at offset 16 of the line, which is not valid UTF-8",
             id="utf8-in-custom-id",
         ),
@@ -106,7 +106,7 @@ BAD_UTF8_IN_SKIPPED_FIELD = (
             id="utf8-truncated-sequence",
         ),
         pytest.param(
-            {"method": "POST", "url": CHAT, "body": {}},
+            {"method": "POST", "url": CHAT, "body": {"model": MODEL}},
             "line 2: field 'custom_id' is missing; it must be a non-empty string",
             id="custom-id-missing",
         ),
@@ -124,7 +124,7 @@ BAD_UTF8_IN_SKIPPED_FIELD = (
             id="custom-id-duplicate",
         ),
         pytest.param(
-            {"custom_id": "request-2", "url": CHAT, "body": {}},
+            {"custom_id": "request-2", "url": CHAT, "body": {"model": MODEL}},
             "line 2: field 'method' is missing; it must be 'POST'",
             id="method-missing",
         ),
@@ -134,7 +134,7 @@ BAD_UTF8_IN_SKIPPED_FIELD = (
             id="method-value",
         ),
         pytest.param(
-            {"custom_id": "request-2", "method": "POST", "body": {}},
+            {"custom_id": "request-2", "method": "POST", "body": {"model": MODEL}},
             "line 2: field 'url' is missing; it must equal the batch endpoint '/v1/chat/completions'",
             id="url-missing",
         ),
@@ -255,7 +255,7 @@ def test_blank_lines_are_skipped_but_counted(tmp_path: Path) -> None:
 def test_a_line_the_typed_decoder_refuses_can_still_be_valid(tmp_path: Path) -> None:
     """A typed-decode failure is no verdict: ``stream: "no"`` is not the boolean the fast path expects."""
     path = tmp_path / "input.jsonl"
-    path.write_bytes(jsonl(request("a", stream="no"), request("b", stream=False), request("c", model=None)))
+    path.write_bytes(jsonl(request("a", stream="no"), request("b", stream=False), request("c")))
 
     report = validate_batch_file(path, endpoint=CHAT)
 
@@ -317,7 +317,8 @@ def test_arguments_are_checked(tmp_path: Path) -> None:
 
 def tiny_lines(count: int) -> bytes:
     return b"".join(
-        b'{"custom_id":"%d","method":"POST","url":"/v1/embeddings","body":{}}\n' % n for n in range(count)
+        b'{"custom_id":"%d","method":"POST","url":"/v1/embeddings","body":{"model":"m"}}\n' % n
+        for n in range(count)
     )
 
 
@@ -585,7 +586,7 @@ def test_bad_record_leaves_an_existing_destination_untouched(tmp_path: Path) -> 
             id="method-mismatch",
         ),
         pytest.param(
-            {"body": {"input": "x"}},
+            {"body": {"model": MODEL, "input": "x"}},
             "line 1: field 'custom_id' is missing; it must be a non-empty string",
             id="custom-id-missing",
         ),
@@ -593,13 +594,13 @@ def test_bad_record_leaves_an_existing_destination_untouched(tmp_path: Path) -> 
             {"custom_id": "a"}, "line 1: field 'body' is missing; it must be a JSON object", id="body-missing"
         ),
         pytest.param(
-            {"custom_id": "a", "body": {}, "metadata": {}},
+            {"custom_id": "a", "body": {"model": MODEL}, "metadata": {}},
             "line 1: field 'metadata' must not be set: a request has only custom_id, method, url, body",
             id="unknown-field",
         ),
         pytest.param(("a", {}), "line 1: expected a JSON object, got a tuple", id="not-a-mapping"),
         pytest.param(
-            {"custom_id": "a", "body": {"input": object()}},
+            {"custom_id": "a", "body": {"model": MODEL, "input": object()}},
             "line 1: field 'body' must be JSON-serialisable, got an error:"
             " Encoding objects of type object is unsupported",
             id="not-serialisable",
@@ -618,7 +619,7 @@ def test_bad_record_messages(tmp_path: Path, record: object, expected: str) -> N
 
 def test_writer_limits(tmp_path: Path) -> None:
     path = tmp_path / "input.jsonl"
-    tiny = ({"custom_id": str(n), "body": {}} for n in range(MAX_REQUESTS + 1))
+    tiny = ({"custom_id": str(n), "body": {"model": MODEL}} for n in range(MAX_REQUESTS + 1))
     with pytest.raises(OpenAIBatchInvalidInput) as raised:
         write_batch_file(tiny, path, endpoint=CHAT)
     assert str(raised.value.errors[0]) == (
@@ -640,3 +641,17 @@ def test_writer_limits(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="endpoint must be one of"):
         write_batch_file([request()], path, endpoint="v1/chat/completions")
     assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        (CHAT, ["line 1: field 'body.model' is missing; /v1/chat/completions needs a model"]),
+        (EMBEDDINGS, ["line 1: field 'body.model' is missing; /v1/embeddings needs a model"]),
+        ("/v1/moderations", []),
+    ],
+)
+def test_a_request_without_a_model(tmp_path: Path, endpoint: str, expected: list[str]) -> None:
+    path = tmp_path / "input.jsonl"
+    path.write_bytes(jsonl({"custom_id": "a", "method": "POST", "url": endpoint, "body": {"input": "x"}}))
+    assert messages(path, endpoint=endpoint) == expected

@@ -45,7 +45,7 @@ from airflow_provider_batch.exceptions import (
     OpenAIBatchFailed,
     OpenAIBatchPartialFailure,
 )
-from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY, OpenAIBatchHook
+from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY, OpenAIBatchHook, snapshot_of
 from airflow_provider_batch.limits import MAX_METADATA_PAIRS
 from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink
 from airflow_provider_batch.results import write_joined
@@ -86,7 +86,9 @@ class OpenAIBatchOperator(BaseOperator):
     :param input_path: a JSONL file, local or any ``ObjectStoragePath`` (``s3://``, ``gs://``...);
         validated in one streaming pass, then uploaded streamed.
     :param requests: records ``{"custom_id": ..., "body": {...}}`` (for example an upstream XCom);
-        written to a JSONL file, validated, uploaded.
+        written to a JSONL file, validated, uploaded. The field is templated so that an XCom can
+        feed it: records written literally in the DAG file are rendered by Jinja, so a prompt
+        containing ``{{`` must come from an upstream task or be wrapped in ``literal()``.
 
     :param endpoint: the batch endpoint, e.g. ``/v1/chat/completions`` or ``/v1/embeddings``.
     :param conn_id: an ``openai_batch`` (or ``openai``) connection.
@@ -274,20 +276,26 @@ class OpenAIBatchOperator(BaseOperator):
     def _reattach(self, context: Context, key: str) -> BatchSnapshot | None:
         """The batch an earlier try of this task created for the same input, if it is worth keeping."""
         store = context.get("task_state_store")
-        stored_id = store.get(STATE_BATCH_ID) if store is not None else None
-        if stored_id and store.get(STATE_SUBMISSION_KEY) == key:
-            found = self.hook.get_batch(stored_id)
-        else:
+        snapshot = None
+        if store is not None and store.get(STATE_BATCH_ID) and store.get(STATE_SUBMISSION_KEY) == key:
+            observed = self.hook.poll_batch(store.get(STATE_BATCH_ID))
+            # A stored batch that is gone (deleted, another project) is no reason to fail every retry.
+            snapshot = observed if isinstance(observed, BatchSnapshot) else None
+        if snapshot is None:
             found = self.hook.find_batch_by_metadata(
                 IDEMPOTENCY_KEY, key, created_after=_run_started(context)
             )
-        if found is None:
+            snapshot = snapshot_of(found) if found is not None else None
+        if snapshot is None:
             return None
-        snapshot = BatchSnapshot.from_api(found.model_dump())
         if snapshot.known_status == BatchStatus.FAILED:
-            self.log.info("Batch %s of an earlier try failed (not billed); submitting a new one", found.id)
+            self.log.info(
+                "Batch %s of an earlier try failed (not billed); submitting a new one", snapshot.batch_id
+            )
             return None
-        self.log.info("Re-attaching to batch %s (%s) created by an earlier try", found.id, snapshot.status)
+        self.log.info(
+            "Re-attaching to batch %s (%s) created by an earlier try", snapshot.batch_id, snapshot.status
+        )
         return snapshot
 
     def _submit(self, context: Context, source: Any, key: str) -> BatchSnapshot:
@@ -312,7 +320,7 @@ class OpenAIBatchOperator(BaseOperator):
             output_expires_after_seconds=self.output_expires_after,
             idempotency_key=key,
         )
-        return BatchSnapshot.from_api(batch.model_dump())
+        return snapshot_of(batch)
 
     def _finish(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         reason = event["termination_reason"]
