@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from python_multipart.exceptions import MultipartParseError
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -175,7 +176,7 @@ async def upload_file(request: Request) -> Response:
         raise invalid("File is too large.", param="file")
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise invalid("The request must be multipart/form-data with 'file' and 'purpose' fields.")
-    async with request.form(max_files=1, max_fields=8) as form:
+    async with _multipart(request) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise invalid(
@@ -216,6 +217,20 @@ async def upload_file(request: Request) -> Response:
     )
     emulator.store.add_file(record)
     return _json(record.to_api())
+
+
+@contextlib.asynccontextmanager
+async def _multipart(request: Request) -> AsyncIterator[Any]:
+    """The parsed form, spooled to disk past 1 MB. Broken multipart is a 400 on every Starlette:
+    older releases let the parser's own error escape."""
+    try:
+        form = await request.form(max_files=1, max_fields=8)
+    except MultipartParseError as exc:
+        raise invalid(f"Invalid multipart data: {exc}") from None
+    try:
+        yield form
+    finally:
+        await form.close()
 
 
 def _upload_ttl(form: Any, purpose: str) -> int | None:
