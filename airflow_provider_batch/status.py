@@ -197,6 +197,13 @@ class Step:
     """A progress line when the counts or status changed since the last observation."""
     warning: str | None = None
 
+    def log_to(self, logger: Any) -> None:
+        """Log the progress line (info) and the warning, whichever this step has."""
+        if self.progress:
+            logger.info(self.progress)
+        if self.warning:
+            logger.warning(self.warning)
+
 
 @dataclass
 class Wait:

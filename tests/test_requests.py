@@ -95,7 +95,8 @@ BAD_UTF8_IN_SKIPPED_FIELD = (
             id="utf8-in-a-skipped-field",
         ),
         pytest.param(
-            b'{"custom_id": "r\xff", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini"}}',
+            b'{"custom_id": "r\xff", "method": "POST", "url": "/v1/chat/completions",'
+            b' "body": {"model": "gpt-4o-mini"}}',
             "line 2: expected UTF-8 text, got byte 0xff at offset 16 of the line, which is not valid UTF-8",
             id="utf8-in-custom-id",
         ),

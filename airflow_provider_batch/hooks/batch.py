@@ -40,7 +40,7 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_batch.events import build_event
 from airflow_provider_batch.hooks.retry import RetryPolicy, is_transient
-from airflow_provider_batch.status import BatchSnapshot, PollFailure, PollSchedule, Step, Wait
+from airflow_provider_batch.status import BatchSnapshot, PollFailure, PollSchedule, Wait
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection, ObjectStoragePath
@@ -479,16 +479,9 @@ class OpenAIBatchHook(BaseHook):
         while True:
             time.sleep(wait.pause(time.time()))
             step = wait.observe(self.poll_batch(batch_id), now=time.time())
-            log_step(log, step)
+            step.log_to(log)
             if step.decision.done:
                 return build_event(batch_id, step.decision, wait.last)
-
-
-def log_step(logger: logging.Logger, step: Step) -> None:
-    if step.progress:
-        logger.info(step.progress)
-    if step.warning:
-        logger.warning(step.warning)
 
 
 def snapshot_of(batch: Batch) -> BatchSnapshot:

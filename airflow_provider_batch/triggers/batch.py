@@ -15,15 +15,20 @@ reassignment re-creates the trigger with the same deadline instead of a fresh 24
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_batch.events import build_event
-from airflow_provider_batch.hooks.batch import OpenAIBatchHook, log_step
 from airflow_provider_batch.status import PollSchedule, Wait
+
+if TYPE_CHECKING:
+    from airflow_provider_batch.hooks.batch import OpenAIBatchHook
+
+HOOK_MODULE = "airflow_provider_batch.hooks.batch"
 
 ON_KILL_CANCEL_TIMEOUT = 20.0
 """Seconds allowed for the cancel call in ``on_kill``: below the triggerer's ``on_kill_timeout``
@@ -86,11 +91,16 @@ class OpenAIBatchTrigger(BaseTrigger):
             },
         )
 
-    @property
-    def hook(self) -> OpenAIBatchHook:
-        # Built lazily, never in __init__: the triggerer constructs triggers before running them.
+    async def ahook(self) -> OpenAIBatchHook:
+        """The hook, built on first use (never in ``__init__``).
+
+        The hook module imports ``openai``, about a second of CPU on a cold process. The triggerer
+        imports this module on its event loop, so the hook module is imported here instead, in a
+        thread, and the loop keeps serving the other triggers meanwhile.
+        """
         if not hasattr(self, "_hook"):
-            self._hook = OpenAIBatchHook(conn_id=self.conn_id)
+            module = await asyncio.to_thread(importlib.import_module, HOOK_MODULE)
+            self._hook = module.OpenAIBatchHook(conn_id=self.conn_id)
         return self._hook
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -100,12 +110,13 @@ class OpenAIBatchTrigger(BaseTrigger):
             PollSchedule(initial=self.poll_interval, maximum=self.max_poll_interval),
             self.max_consecutive_failures,
         )
+        hook = await self.ahook()
         # Hold the loop's shared client for the whole wait; it is handed back however run() ends.
-        async with self.hook.async_client():
+        async with hook.async_client():
             while True:
                 await asyncio.sleep(wait.pause(time.time()))
-                step = wait.observe(await self.hook.apoll_batch(self.batch_id), now=time.time())
-                log_step(self.log, step)
+                step = wait.observe(await hook.apoll_batch(self.batch_id), now=time.time())
+                step.log_to(self.log)
                 if step.decision.done:
                     yield TriggerEvent(build_event(self.batch_id, step.decision, wait.last))
                     return
@@ -121,7 +132,8 @@ class OpenAIBatchTrigger(BaseTrigger):
             self.log.info("Batch %s left running: cancel_on_kill is off", self.batch_id)
             return
         try:
-            batch = await asyncio.wait_for(self.hook.acancel_batch(self.batch_id), ON_KILL_CANCEL_TIMEOUT)
+            hook = await self.ahook()
+            batch = await asyncio.wait_for(hook.acancel_batch(self.batch_id), ON_KILL_CANCEL_TIMEOUT)
         except Exception as exc:
             self.log.warning("Could not cancel batch %s on kill: %s", self.batch_id, exc)
             return

@@ -1,0 +1,123 @@
+"""Fixtures of the end-to-end tier: per database backend (SQLite, PostgreSQL) one emulator that
+requires a canary API key and one real Airflow (api-server, scheduler with the LocalExecutor,
+dag-processor, triggerer) serving ``tests/e2e/dags``. Both are session-scoped and shared by every
+test of that backend; pytest groups the tests by backend, so one stack runs at a time. Everything
+started here is stopped by PID in ``finally`` blocks, also when a test or a start fails.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from airflow_stack import AirflowStack, free_port  # noqa: E402
+
+from airflow_provider_batch.emulator.process import EmulatorProcess  # noqa: E402
+from tests.e2e.dags.e2e_common import (  # noqa: E402
+    ALL_DAGS,
+    CONN_ID,
+    MARK_FAILED_DAG,
+    PARALLELISM,
+    SUCCESS_DAG,
+    WORKER_KILLED_DAG,
+)
+from tests.e2e.support import E2E, KillWatcher, MetadataDB  # noqa: E402
+
+DAGS_FOLDER = Path(__file__).resolve().parent / "dags"
+POSTGRES_SCRIPT = ROOT / "scripts" / "postgres.sh"
+CANARY = f"sk-e2e-canary-{secrets.token_hex(16)}"
+"""The connection's API key. The emulator refuses any other key, so every call really carries it;
+it must never surface in logs, XCom or the metadata database."""
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def database(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetadataDB]:
+    """An empty metadata database: a SQLite file, or a fresh PostgreSQL cluster on a free port."""
+    if backend == "sqlite":
+        path = tmp_path_factory.mktemp("sqlite") / "airflow.db"
+        yield MetadataDB(f"sqlite:///{path}", [path, path.with_name("airflow.db-wal")])
+        return
+    port = str(free_port())
+    try:
+        started = subprocess.run(
+            ["bash", str(POSTGRES_SCRIPT), "start", port], capture_output=True, text=True, timeout=600
+        )
+        if started.returncode != 0:
+            pytest.fail(f"postgres.sh start failed:\n{started.stdout}\n{started.stderr}")
+        url = started.stdout.strip().splitlines()[-1]
+        yield MetadataDB(url, [Path(f"/tmp/airflow-provider-batch-pg-{port}")])
+    finally:
+        subprocess.run(["bash", str(POSTGRES_SCRIPT), "stop", port], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def emulator(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
+    with EmulatorProcess(tmp_path_factory.mktemp(f"emulator-{backend}"), api_key=CANARY) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def e2e(
+    backend: str, database: MetadataDB, emulator: EmulatorProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[E2E]:
+    """A running Airflow on ``backend`` with connection ``openai_e2e`` on the emulator."""
+    base = tmp_path_factory.mktemp(f"airflow-{backend}")
+    work = base / "work"
+    work.mkdir()
+    connection = {
+        "conn_type": "openai_batch",
+        "host": emulator.base_url,
+        "password": CANARY,
+        # Enough retries that 30 % transient faults never exhaust them (0.3**11 per call).
+        "extra": {"max_retries": 10, "retry_initial_wait": 0.2, "retry_max_wait": 2, "retry_max_total": 120},
+    }
+    stack = AirflowStack(
+        base / "home",
+        DAGS_FOLDER,
+        database_url=database.url,
+        env={
+            f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(connection),
+            "E2E_WORK_DIR": str(work),
+            "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),
+            # A SIGKILLed triggerer's triggers move to a new one once its heartbeat is this old.
+            "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "10",
+        },
+    )
+    watcher = KillWatcher(stack, work / "kill-requests")
+    try:
+        stack.migrate()
+        stack.start()
+        for dag_id in ALL_DAGS:
+            stack.wait_for_dag(dag_id, timeout=180)
+        watcher.start()
+        config = configparser.ConfigParser(interpolation=None)
+        config.read(stack.home / "airflow.cfg")
+        database.fernet_key = config.get("core", "fernet_key", fallback="")
+        yield E2E(backend, stack, emulator, database, work, CANARY, watcher)
+    finally:
+        watcher.stop()
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def concurrent_runs(e2e: E2E) -> dict[str, str]:
+    """Runs that do not disturb each other, started together to save time: success (with the
+    slot probes), mark-failed and worker-killed. The success DAG goes first so that its batch
+    task is queued before anything else (the probes' proof relies on it)."""
+    return {dag_id: e2e.stack.trigger(dag_id) for dag_id in (SUCCESS_DAG, MARK_FAILED_DAG, WORKER_KILLED_DAG)}

@@ -1,0 +1,93 @@
+"""Names and numbers shared by the end-to-end DAGs (parsed by Airflow) and the tests (which
+import this file as ``tests.e2e.dags.e2e_common``). Plain Python: no framework import here."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+CONN_ID = "openai_e2e"
+PARALLELISM = 4
+"""``[core] parallelism`` of the stack: the LocalExecutor runs at most this many task processes."""
+POLL_INTERVAL = 2.5
+MAX_POLL_INTERVAL = 4.0
+"""Short polls suit the emulator. Every batch below runs well over 5 s while deferred, so no
+trigger fires within seconds of its deferral (apache/airflow#67287)."""
+MODEL = "gpt-4o-mini"
+CHAT = "/v1/chat/completions"
+
+SUCCESS_DAG = "e2e_success"
+MARK_FAILED_DAG = "e2e_mark_failed"
+WORKER_KILLED_DAG = "e2e_worker_killed"
+TRIGGERER_RESTART_DAG = "e2e_triggerer_restart"
+FAN_OUT_DAG = "e2e_fan_out"
+ALL_DAGS = (SUCCESS_DAG, MARK_FAILED_DAG, WORKER_KILLED_DAG, TRIGGERER_RESTART_DAG, FAN_OUT_DAG)
+
+BATCH_TASK = "batch"
+PROBE_TASK = "probe"
+KILLED_AFTER_CREATE = "killed_after_create"
+KILLED_BEFORE_DEFER = "killed_before_defer"
+SURVIVES_RESTART = "survives_restart"
+DEADLINE_HOLDS = "deadline_holds"
+DEADLINE_SECONDS = 55
+"""``timeout`` of the deadline task, counted from the batch's creation."""
+FAN_OUT_WIDTH = 20
+PROBE_HOLD_SECONDS = 3.0
+
+SUCCESS_ASSET_URI = "file:///e2e/success-batch"
+RESTART_ASSET_URI = "file:///e2e/restart-batch"
+
+
+def work_dir() -> Path:
+    """Shared scratch space of the stack's processes and the tests (``E2E_WORK_DIR``)."""
+    return Path(os.environ.get("E2E_WORK_DIR", "/tmp/airflow-provider-batch-e2e"))
+
+
+def kill_requests_dir() -> Path:
+    return work_dir() / "kill-requests"
+
+
+def barrier_dir(run_id: str) -> Path:
+    return work_dir() / "barrier" / run_id.replace("/", "_")
+
+
+def chat_requests(prefix: str, count: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "custom_id": f"{prefix}-{i}",
+            "body": {"model": MODEL, "messages": [{"role": "user", "content": f"{prefix} request {i}"}]},
+        }
+        for i in range(count)
+    ]
+
+
+def slow(seconds_per_line: float) -> dict[str, str]:
+    """Batch metadata that makes the emulator spend this long on each line."""
+    return {"emulator_line_delay": str(seconds_per_line)}
+
+
+def request_kill(dag_id: str, run_id: str, task_id: str, batch_id: str, where: str) -> None:
+    """Ask the test harness to SIGKILL this very process, then wait to die.
+
+    Written atomically; the harness's watcher finds the file, checks that the PID belongs to the
+    stack it started, and kills it. Returning from here means nobody killed us: fail loudly.
+    """
+    directory = kill_requests_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {
+        "pid": os.getpid(),
+        "dag_id": dag_id,
+        "run_id": run_id,
+        "task_id": task_id,
+        "batch_id": batch_id,
+        "where": where,
+        "at": time.time(),
+    }
+    name = f"{task_id}-{os.getpid()}"
+    (directory / f"{name}.tmp").write_text(json.dumps(record))
+    (directory / f"{name}.tmp").rename(directory / f"{name}.json")
+    time.sleep(120)
+    raise RuntimeError(f"{task_id}: asked to be killed {where}, but still alive after 120 s")

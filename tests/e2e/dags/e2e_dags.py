@@ -1,0 +1,173 @@
+"""DAGs of the end-to-end tier: run by a real scheduler, LocalExecutor and triggerer against the
+emulator (connection ``openai_e2e``). Each DAG serves one scenario of ``tests/e2e``."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import DAG, Asset, get_current_context, task
+from e2e_common import (
+    BATCH_TASK,
+    CHAT,
+    CONN_ID,
+    DEADLINE_HOLDS,
+    DEADLINE_SECONDS,
+    FAN_OUT_DAG,
+    FAN_OUT_WIDTH,
+    KILLED_AFTER_CREATE,
+    KILLED_BEFORE_DEFER,
+    MARK_FAILED_DAG,
+    MAX_POLL_INTERVAL,
+    PARALLELISM,
+    POLL_INTERVAL,
+    PROBE_HOLD_SECONDS,
+    PROBE_TASK,
+    RESTART_ASSET_URI,
+    SUCCESS_ASSET_URI,
+    SUCCESS_DAG,
+    SURVIVES_RESTART,
+    TRIGGERER_RESTART_DAG,
+    WORKER_KILLED_DAG,
+    barrier_dir,
+    chat_requests,
+    request_kill,
+    slow,
+)
+
+from airflow_provider_batch.operators.batch import OpenAIBatchOperator
+from airflow_provider_batch.status import BatchSnapshot
+
+START = pendulum.datetime(2026, 1, 1, tz="UTC")
+COMMON: dict[str, Any] = {
+    "endpoint": CHAT,
+    "conn_id": CONN_ID,
+    "deferrable": True,
+    "poll_interval": POLL_INTERVAL,
+    "max_poll_interval": MAX_POLL_INTERVAL,
+}
+RETRY_ONCE = {"retries": 1, "retry_delay": timedelta(seconds=2)}
+
+SUCCESS_ASSET = Asset(name="e2e_success_batch", uri=SUCCESS_ASSET_URI)
+RESTART_ASSET = Asset(name="e2e_restart_batch", uri=RESTART_ASSET_URI)
+
+
+# 1 + 2: deferred without a slot, then success with manifest and asset extra -----------------------
+
+with DAG(SUCCESS_DAG, schedule=None, start_date=START, catchup=False, default_args=RETRY_ONCE):
+    OpenAIBatchOperator(
+        task_id=BATCH_TASK,
+        requests=chat_requests("success", 8),
+        metadata={**slow(2.5), "scenario": "success"},  # ~20 s in progress
+        outlets=[SUCCESS_ASSET],
+        priority_weight=100,  # queued before the probes, so it holds a slot until it defers
+        **COMMON,
+    )
+
+    @task(task_id=PROBE_TASK, priority_weight=50, retries=0)
+    def probe(slot: int) -> int:
+        """Occupy one executor slot until all PARALLELISM probes run at the same time.
+
+        With ``[core] parallelism`` = PARALLELISM, the probes can only all run together if no other
+        task process holds a slot, i.e. once the batch task (queued first, by priority) has
+        deferred and given its slot back. If a deferred task kept its slot, the last probe could
+        not start and this barrier would time out.
+        """
+        barrier = barrier_dir(get_current_context()["run_id"])
+        barrier.mkdir(parents=True, exist_ok=True)
+        (barrier / str(slot)).touch()
+        deadline = time.monotonic() + 150
+        while len(list(barrier.iterdir())) < PARALLELISM:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the probes never ran all at once: an executor slot stayed taken")
+            time.sleep(0.2)
+        time.sleep(PROBE_HOLD_SECONDS)  # keep every slot full long enough to be seen over REST
+        return slot
+
+    probe.expand(slot=list(range(PARALLELISM)))
+
+
+# 3: marking the deferred task failed cancels the batch (the trigger's on_kill) ------------------
+
+with DAG(MARK_FAILED_DAG, schedule=None, start_date=START, catchup=False):
+    OpenAIBatchOperator(
+        task_id=BATCH_TASK,
+        requests=chat_requests("mark-failed", 30),
+        metadata=slow(2),  # ~60 s: still running when the test marks the task failed
+        retries=0,
+        **COMMON,
+    )
+
+
+# 5: the worker dies between create and defer; the retry re-attaches ------------------------------
+
+
+class KilledAfterCreate(OpenAIBatchOperator):
+    """Dies (try 1) the moment the create call returned: before the batch id is stored anywhere
+    in Airflow, so the retry can only find the batch by its idempotency key in the metadata."""
+
+    def _submit(self, context: Any, source: Any, key: str) -> BatchSnapshot:
+        batch = super()._submit(context, source, key)
+        ti = context["ti"]
+        if ti.try_number == 1:
+            request_kill(ti.dag_id, ti.run_id, ti.task_id, batch.batch_id, "after create")
+        return batch
+
+
+class KilledBeforeDefer(OpenAIBatchOperator):
+    """Dies (try 1) right before deferring: the batch id is in the task state store and XCom,
+    but no trigger exists yet."""
+
+    def defer(self, **kwargs: Any) -> Any:
+        context = get_current_context()
+        ti = context["ti"]
+        if ti.try_number == 1:
+            request_kill(ti.dag_id, ti.run_id, ti.task_id, str(self.batch_id), "before defer")
+        return super().defer(**kwargs)
+
+
+with DAG(WORKER_KILLED_DAG, schedule=None, start_date=START, catchup=False, default_args=RETRY_ONCE):
+    killers = ((KilledAfterCreate, KILLED_AFTER_CREATE), (KilledBeforeDefer, KILLED_BEFORE_DEFER))
+    for operator, task_id in killers:
+        operator(
+            task_id=task_id,
+            requests=chat_requests(task_id, 8),
+            metadata=slow(3),  # ~24 s: still running when the retry re-attaches
+            **COMMON,
+        )
+
+
+# 4: SIGKILL the triggerer mid-wait; completion exactly once, deadline kept ------------------------
+
+with DAG(TRIGGERER_RESTART_DAG, schedule=None, start_date=START, catchup=False):
+    OpenAIBatchOperator(
+        task_id=SURVIVES_RESTART,
+        requests=chat_requests(SURVIVES_RESTART, 10),
+        metadata=slow(3.5),  # ~35 s: ends after the triggerer is back
+        outlets=[RESTART_ASSET],
+        retries=0,
+        **COMMON,
+    )
+    OpenAIBatchOperator(
+        task_id=DEADLINE_HOLDS,
+        requests=chat_requests(DEADLINE_HOLDS, 60),
+        metadata=slow(2),  # ~120 s: outlives its deadline
+        timeout=DEADLINE_SECONDS,  # counted from the batch's creation: an absolute wall-clock deadline
+        cancel_on_timeout=True,
+        retries=0,
+        **COMMON,
+    )
+
+
+# 6: 20 mapped batches under 30 % transient API faults ---------------------------------------------
+
+with DAG(FAN_OUT_DAG, schedule=None, start_date=START, catchup=False, max_active_tasks=FAN_OUT_WIDTH):
+    OpenAIBatchOperator.partial(
+        task_id=BATCH_TASK,
+        metadata=slow(2),  # 5 lines: ~10 s in progress each
+        max_consecutive_failures=12,  # 0.3**12: a run of failed polls this long will not happen
+        retries=0,  # any failure is a failure: no retry may hide it
+        **COMMON,
+    ).expand(requests=[chat_requests(f"fan-{i}", 5) for i in range(FAN_OUT_WIDTH)])
