@@ -450,10 +450,12 @@ class OpenAIBatchHook(BaseHook):
     # observing a batch: one attempt, translated for status.decide() -------------------------------
 
     def poll_batch(self, batch_id: str) -> BatchSnapshot | PollFailure:
-        """Observe a batch once. Not retried here: the wait loop around it is the retry loop, and
-        :func:`~airflow_provider_batch.status.decide` counts the failures."""
+        """Observe a batch once, never raising: a blip is retried at once under the retry policy
+        (seconds, not the minutes until the next poll); what still fails comes back as a
+        ``PollFailure`` for :func:`~airflow_provider_batch.status.decide` to count, so only a
+        sustained outage ends a wait."""
         try:
-            return snapshot_of(self.get_conn().batches.retrieve(batch_id))
+            return snapshot_of(self._call(self.get_conn().batches.retrieve, batch_id))
         except openai.OpenAIError as exc:
             return poll_failure(exc)
 
@@ -461,7 +463,7 @@ class OpenAIBatchHook(BaseHook):
         """:meth:`poll_batch` for the event loop."""
         try:
             async with self.async_client() as client:
-                return snapshot_of(await client.batches.retrieve(batch_id))
+                return snapshot_of(await self._acall(client.batches.retrieve, batch_id))
         except openai.OpenAIError as exc:
             return poll_failure(exc)
 

@@ -258,7 +258,7 @@ async def test_persistent_poll_failures_end_in_an_error_event_without_cancel(
     assert (payload["status"], payload["termination_reason"]) == ("error", "polling_error")
     assert "3 times in a row" in payload["message"]
     stats = server.stats()["requests"]
-    assert stats["GET /v1/batches/{id}"] == 3
+    assert stats["GET /v1/batches/{id}"] == 3 * 6  # three observations, each tried six times
     assert "POST /v1/batches/{id}/cancel" not in stats
 
 
