@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 import msgspec
 
 from airflow_provider_batch.exceptions import OpenAIBatchInvalidInput
+from airflow_provider_batch.jsonl import BLOCK_SIZE, JsonlLines
 from airflow_provider_batch.limits import (
     ENDPOINTS,
     MAX_EMBEDDING_INPUTS,
@@ -42,10 +43,6 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_ERRORS = 20
 """Errors kept by a validation pass; past it they are only counted, since the first few are what one fixes."""
-
-CHUNK_BYTES = 1024 * 1024
-"""Read and copy size: large enough that per-call overhead (and Airflow's lineage hook on every ``read`` of
-an ``ObjectStoragePath`` file) disappears, small enough to keep memory flat."""
 
 REQUEST_FIELDS = ("custom_id", "method", "url", "body")
 """The fields of a request line; the writer rejects anything else rather than drop it silently."""
@@ -341,38 +338,6 @@ def _count_embedding_inputs(value: object) -> int:
     return 1
 
 
-class _LineReader:
-    """The lines of a binary stream, without their ``\\n``, read in ``CHUNK_BYTES`` chunks.
-
-    Chunked reads split with ``bytes.split`` are much faster than iterating over a file object, whose
-    ``readline`` on fsspec files is pure Python. A line longer than a chunk is joined from its pieces once,
-    so memory is about two chunks plus the longest line, whatever the file size.
-    """
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._stream = stream
-        self.bytes_read = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        pieces: list[bytes] = []
-        while chunk := self._stream.read(CHUNK_BYTES):
-            self.bytes_read += len(chunk)
-            lines = chunk.split(b"\n")
-            if len(lines) == 1:
-                pieces.append(chunk)
-                continue
-            if pieces:
-                pieces.append(lines[0])
-                lines[0] = b"".join(pieces)
-                pieces = []
-            tail = lines.pop()
-            if tail:
-                pieces.append(tail)
-            yield from lines
-        if pieces:
-            yield b"".join(pieces)
-
-
 def validate_batch_file(
     source: FileLike, *, endpoint: str, max_errors: int = DEFAULT_MAX_ERRORS
 ) -> ValidationReport:
@@ -390,13 +355,11 @@ def validate_batch_file(
     """
     checker = _Checker(endpoint, max_errors)
     with _open(source, "rb") as stream:
-        lines = _LineReader(stream)
-        end = 0
-        for number, raw in enumerate(lines, start=1):
-            end += len(raw) + 1
-            # ``end`` counts a newline after every line, one too many for an unterminated last line; only
-            # when more bytes than the limit were actually read is the file too large.
-            if end > MAX_FILE_BYTES and lines.bytes_read > MAX_FILE_BYTES:
+        lines = JsonlLines(stream, skip_blank=False)
+        for number, offset, raw in lines:
+            # ``offset + len(raw) + 1`` counts a newline after every line, one too many for an unterminated
+            # last line; only when more bytes than the limit were actually read is the file too large.
+            if offset + len(raw) >= MAX_FILE_BYTES and lines.bytes_read > MAX_FILE_BYTES:
                 checker.too_large(number)
                 break
             if raw and not raw.isspace():
@@ -437,7 +400,7 @@ def write_batch_file(
         touched.
     """
     checker = _Checker(endpoint, DEFAULT_MAX_ERRORS)
-    with tempfile.TemporaryFile(buffering=CHUNK_BYTES) as spool:
+    with tempfile.TemporaryFile(buffering=BLOCK_SIZE) as spool:
         size = 0
         for number, record in enumerate(records, start=1):
             line = _encode_record(checker, number, record)
@@ -454,7 +417,7 @@ def write_batch_file(
             raise checker.error()
         spool.seek(0)
         with _open(destination, "wb") as out:
-            shutil.copyfileobj(spool, out, CHUNK_BYTES)
+            shutil.copyfileobj(spool, out, BLOCK_SIZE)
     return BatchFileSummary(
         destination=None if _is_file_object(destination) else _name(destination),
         endpoint=endpoint,

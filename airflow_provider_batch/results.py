@@ -31,13 +31,13 @@ from typing import IO, Any, TypeAlias, TypeVar, overload
 import msgspec
 from airflow.sdk import ObjectStoragePath
 
+from airflow_provider_batch.jsonl import BLOCK_SIZE, JsonlLines
+
 ResultSource: TypeAlias = str | os.PathLike[str] | IO[bytes] | ObjectStoragePath
 """Where a JSONL file is read from; file objects must be binary and are read from their current position."""
 Destination: TypeAlias = str | os.PathLike[str] | ObjectStoragePath
 """Where the joined file is written: a local path or any ``ObjectStoragePath``."""
 
-BLOCK_SIZE = 1 << 20
-"""Bytes per read: large enough that per-call overhead (fsspec, Airflow's lineage wrapper) is negligible."""
 DEFAULT_ID_LIMIT = 100
 """How many ids a summary keeps per list; totals are always exact. The summary is meant for an XCom
 manifest, and the complete picture is the joined file."""
@@ -283,7 +283,7 @@ def iter_results(source: ResultSource) -> Iterator[BatchResult | MalformedLine]:
     """
     label = _describe(source)
     with _open_source(source) as stream:
-        for number, _, raw in _split_lines(stream):
+        for number, _, raw in JsonlLines(stream):
             yield _parse(raw, number, label)
 
 
@@ -360,37 +360,6 @@ def write_joined(
 
 
 # Parsing ----------------------------------------------------------------------------------------------------
-
-
-def _split_lines(stream: IO[bytes]) -> Iterator[tuple[int, int, bytes]]:
-    """Yield ``(line number, byte offset, line)`` for each non-blank line, without its newline.
-
-    Reads fixed-size blocks rather than ``readline()``: a Python-level ``readline`` per line on fsspec files
-    (and through Airflow's lineage wrapper) costs far more than splitting a 1 MiB block in C. Pieces of a line
-    that spans blocks are joined once, so a very long line (a base64 image) is not copied once per block.
-    """
-    number = offset = 0
-    pending: list[bytes] = []
-    while block := stream.read(BLOCK_SIZE):
-        pieces = block.split(b"\n")
-        if len(pieces) == 1:
-            pending.append(block)
-            continue
-        if pending:
-            pending.append(pieces[0])
-            pieces[0] = b"".join(pending)
-            pending = []
-        tail = pieces.pop()
-        for piece in pieces:
-            number += 1
-            if piece and not piece.isspace():
-                yield number, offset, piece
-            offset += len(piece) + 1
-        if tail:
-            pending.append(tail)
-    last = b"".join(pending)
-    if last and not last.isspace():
-        yield number + 1, offset, last
 
 
 def _parse(raw: bytes, number: int, label: str) -> BatchResult | MalformedLine:
@@ -534,7 +503,7 @@ def _index_results(sources: list[_Indexed], tally: _Tally) -> dict[str, _Slot]:
     """One pass over the result files: tally every line and map each ``custom_id`` to its line's slot."""
     index: dict[str, _Slot] = {}
     for position, source in enumerate(sources):
-        for number, offset, raw in _split_lines(source.stream):
+        for number, offset, raw in JsonlLines(source.stream):
             result = _parse(raw, number, source.label)
             if isinstance(result, MalformedLine):
                 tally.add_malformed(result)
@@ -559,7 +528,7 @@ def _walk_input(
     seen: set[str] = set()
     missing: list[str] = []
     missing_total = requests = 0
-    for number, _, raw in _split_lines(stream):
+    for number, _, raw in JsonlLines(stream):
         try:
             custom_id = _INPUT_DECODER.decode(raw).custom_id
         except msgspec.DecodeError as exc:

@@ -14,11 +14,10 @@ import argparse
 import json
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import psutil
+from _measure import PeakRss
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
 
@@ -40,31 +39,6 @@ def write_input(path: Path, lines: int, padding: int) -> int:
             }
             out.write(json.dumps(request) + "\n")
     return path.stat().st_size
-
-
-class PeakRss:
-    """Samples a process's resident set size in a background thread."""
-
-    def __init__(self, pid: int, every: float = 0.02) -> None:
-        self.process = psutil.Process(pid)
-        self.baseline = self.process.memory_info().rss
-        self.peak = self.baseline
-        self._every = every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self._stop.wait(self._every)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def run_once(server: EmulatorProcess, source: Path, work: Path) -> dict[str, float]:
@@ -119,7 +93,7 @@ def main() -> None:
             size = write_input(source, args.lines, padding)
             with EmulatorProcess(work / f"data-{padding}") as server:
                 runs = []
-                with PeakRss(server.process.pid) as rss:
+                with PeakRss(server.process.pid, every=0.02) as rss:
                     for _ in range(args.repeat):
                         runs.append(run_once(server, source, work))
                 median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}

@@ -20,24 +20,21 @@ alternating. The emulator runs on the same two cores, so the upload times includ
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from request_validation import ENDPOINT, PeakRss, bare_decode, write_input
+from _measure import MB, measure_call, print_figures, run_child_figures
+from request_validation import ENDPOINT, bare_decode, write_input
 from triggerer_scale import API_KEY, CONN_IDS, connections
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
 
 SIDES = ("ours", "official", "msgspec decode")
-MB = 1_000_000
 
 
 def ours(path: Path) -> dict[str, Any]:
@@ -82,19 +79,12 @@ def child(side: str, path: Path) -> None:
     import airflow_provider_batch.hooks.batch
     import airflow_provider_batch.requests  # noqa: F401
 
-    with PeakRss(every=0.005) as rss:
-        started = time.perf_counter()
-        figures = RUNNERS[side](path)
-        figures["seconds"] = time.perf_counter() - started
-    figures["rss"] = rss.growth
-    print(json.dumps(figures), flush=True)
+    print_figures(measure_call(lambda: RUNNERS[side](path)))
 
 
 def run_child(side: str, path: Path, server: EmulatorProcess) -> dict[str, Any]:
     env = {**os.environ, **connections(server.base_url)}
-    command = [sys.executable, __file__, "--child", side, "--data", str(path)]
-    finished = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
-    figures: dict[str, Any] = json.loads(finished.stdout.strip().splitlines()[-1])
+    figures = run_child_figures(__file__, "--child", side, "--data", str(path), env=env)
     if "file_id" in figures:  # keep the emulator's disk small: each upload is another 200 MB
         if figures["bytes"] != path.stat().st_size:
             raise SystemExit(f"{side}: uploaded {figures['bytes']} bytes of {path.stat().st_size}")

@@ -6,8 +6,8 @@ extra memory measured two ways: ``tracemalloc`` (Python allocations) and residen
 5 ms in a thread (everything, including the allocator's slack). Goals: the validator keeps at least half the
 speed of a bare decode, which only parses, and stays under 64 MB of extra memory whatever the file size.
 
-Both readers read the file the same way (:class:`~airflow_provider_batch.requests._LineReader`, 1 MiB
-chunks), so the comparison isolates what validation adds to decoding. ``--non-ascii`` mixes accented, CJK
+Both readers read the file the same way (:class:`~airflow_provider_batch.jsonl.JsonlLines`, 1 MiB
+blocks), so the comparison isolates what validation adds to decoding. ``--non-ascii`` mixes accented, CJK
 and emoji words into the text, written as raw UTF-8 as ``msgspec`` and ``orjson`` write them (``json.dumps``
 would escape them to ASCII): the validator's slower path, since every such line gets a UTF-8 check.
 
@@ -20,19 +20,17 @@ import argparse
 import random
 import statistics
 import tempfile
-import threading
-import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
-import psutil
+from _measure import MB, measure_call
 
-from airflow_provider_batch.requests import _LineReader, validate_batch_file
+from airflow_provider_batch.jsonl import JsonlLines
+from airflow_provider_batch.requests import validate_batch_file
 
 ENDPOINT = "/v1/chat/completions"
-MB = 1_000_000
 ASCII_WORDS = ["the", "batch", "api", "runs", "requests", "within", "a", "day", "at", "half", "price"]
 NON_ASCII_WORDS = ["café", "naïve", "über", "niño", "façade", "日本語", "Ελληνικά", "emoji🙂", *ASCII_WORDS]
 
@@ -70,9 +68,8 @@ def write_input(path: Path, lines: int, line_bytes: int, non_ascii: bool) -> int
 def bare_decode(path: Path) -> None:
     """The baseline: read as the validator does, decode every line into Python objects, check nothing."""
     with path.open("rb", buffering=0) as stream:
-        for raw in _LineReader(stream):
-            if raw and not raw.isspace():
-                msgspec.json.decode(raw)
+        for _, _, raw in JsonlLines(stream):
+            msgspec.json.decode(raw)
 
 
 def validate(path: Path) -> None:
@@ -81,42 +78,10 @@ def validate(path: Path) -> None:
         raise SystemExit(f"the generated file should be valid: {report.errors[0]}")
 
 
-class PeakRss:
-    """Samples this process's resident set size in a background thread; ``growth`` is peak minus start."""
-
-    def __init__(self, every: float = 0.005) -> None:
-        self._process = psutil.Process()
-        self._every = every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.baseline = self.peak = self._process.memory_info().rss
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._process.memory_info().rss)
-            self._stop.wait(self._every)
-
-    @property
-    def growth(self) -> int:
-        return self.peak - self.baseline
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._process.memory_info().rss)
-
-
 def timed(run: Callable[[Path], None], path: Path) -> tuple[float, int]:
     """Seconds for one run and the RSS growth seen during it."""
-    with PeakRss() as rss:
-        started = time.perf_counter()
-        run(path)
-        elapsed = time.perf_counter() - started
-    return elapsed, rss.growth
+    figures = measure_call(lambda: run(path))
+    return figures["seconds"], figures["rss"]
 
 
 def traced_peak(run: Callable[[Path], None], path: Path) -> int:

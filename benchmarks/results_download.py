@@ -28,22 +28,28 @@ import logging
 import os
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
-from request_validation import ENDPOINT, PeakRss
-from results_join import WORDS, joined_order, naive_ok
+from _measure import (
+    MB,
+    joined_order,
+    measure_call,
+    naive_results_by_id,
+    naive_row,
+    print_figures,
+    run_child_figures,
+)
+from request_validation import ENDPOINT
+from results_join import WORDS
 from triggerer_scale import API_KEY, CONN_IDS, connections
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
 
 SIDES = ("ours", "SDK whole file")
-MB = 1_000_000
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
 
 
@@ -111,30 +117,14 @@ def sdk_whole_file(job: dict[str, Any], work: Path) -> dict[str, Any]:
     if job["error_file_id"]:
         contents.append(client.files.content(job["error_file_id"]).content)
     downloaded = time.perf_counter()
-    results: dict[str, dict[str, Any]] = {}
-    for content in contents:
-        for line in content.decode().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                results[record["custom_id"]] = record
+    results = naive_results_by_id(content.decode().splitlines() for content in contents)
     target = work / "joined-sdk.jsonl"
     with Path(job["input"]).open() as requests, target.open("w") as out:
         for number, line in enumerate(requests, start=1):
             if not line.strip():
                 continue
             custom_id = json.loads(line)["custom_id"]
-            record = results.get(custom_id)
-            response = (record or {}).get("response") or {}
-            error = (record or {}).get("error") or {}
-            row = {
-                "custom_id": custom_id,
-                "line": number,
-                "ok": record is not None and naive_ok(record),
-                "status_code": response.get("status_code"),
-                "body": response.get("body"),
-                "error_code": error.get("code") if record is not None else "missing",
-                "error_message": error.get("message"),
-            }
+            row = naive_row(custom_id, number, results.get(custom_id))
             out.write(json.dumps(row) + "\n")
     return {"download": downloaded - started, "join": time.perf_counter() - downloaded, "target": str(target)}
 
@@ -151,19 +141,12 @@ def child(side: str, job: dict[str, Any]) -> None:
     import airflow_provider_batch.results  # noqa: F401
 
     work = Path(tempfile.mkdtemp(dir=job["work"], prefix=side.replace(" ", "-")))
-    with PeakRss(every=0.005) as rss:
-        started = time.perf_counter()
-        figures = RUNNERS[side](job, work)
-        figures["seconds"] = time.perf_counter() - started
-    figures["rss"] = rss.growth
-    print(json.dumps(figures), flush=True)
+    print_figures(measure_call(lambda: RUNNERS[side](job, work)))
 
 
 def run_child(side: str, job: dict[str, Any], server: EmulatorProcess) -> dict[str, Any]:
     env = {**os.environ, **connections(server.base_url)}
-    command = [sys.executable, __file__, "--child", side, "--job", json.dumps(job)]
-    finished = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
-    figures: dict[str, Any] = json.loads(finished.stdout.strip().splitlines()[-1])
+    figures = run_child_figures(__file__, "--child", side, "--job", json.dumps(job), env=env)
     figures["order"] = joined_order(Path(figures["target"]))
     for leftover in Path(figures["target"]).parent.iterdir():  # 400 MB per run otherwise
         leftover.unlink()

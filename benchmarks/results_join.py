@@ -22,14 +22,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import hashlib
 import json
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -37,7 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import psutil
+from _measure import (
+    joined_order,
+    measure_call,
+    naive_ok,
+    naive_results_by_id,
+    naive_row,
+    print_figures,
+    run_child_figures,
+)
 
 CASES = ("summary streamed", "summary naive", "join streamed", "join naive")
 WORDS = ("batch", "request", "model", "token", "window", "output", "error", "retry", "airflow", "trigger")
@@ -168,18 +172,8 @@ def naive_load(paths: dict[str, Path]) -> tuple[list[str], dict[str, dict[str, A
     """What most batch scripts do: whole files in memory, ``json.loads`` per line, a dict by custom_id."""
     lines = paths["input"].read_text().splitlines()
     inputs = [json.loads(line)["custom_id"] for line in lines if line.strip()]
-    results: dict[str, dict[str, Any]] = {}
-    for name in ("output", "error"):
-        for line in paths[name].read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                results[record["custom_id"]] = record
+    results = naive_results_by_id(paths[name].read_text().splitlines() for name in ("output", "error"))
     return inputs, results
-
-
-def naive_ok(record: dict[str, Any]) -> bool:
-    response = record.get("response") or {}
-    return record.get("error") is None and 200 <= (response.get("status_code") or 0) < 300
 
 
 def naive_summary(paths: dict[str, Path], work: Path) -> dict[str, Any]:
@@ -202,18 +196,7 @@ def naive_join(paths: dict[str, Path], work: Path) -> dict[str, Any]:
     target = work / "joined-naive.jsonl"
     with target.open("w") as out:
         for number, custom_id in enumerate(inputs, start=1):
-            record = results.get(custom_id)
-            response = (record or {}).get("response") or {}
-            error = (record or {}).get("error") or {}
-            row = {
-                "custom_id": custom_id,
-                "line": number,
-                "ok": record is not None and naive_ok(record),
-                "status_code": response.get("status_code"),
-                "body": response.get("body"),
-                "error_code": error.get("code") if record is not None else "missing",
-                "error_message": error.get("message"),
-            }
+            row = naive_row(custom_id, number, results.get(custom_id))
             out.write(json.dumps(row) + "\n")
     return {"target": str(target)}
 
@@ -229,32 +212,6 @@ RUNNERS: dict[str, Callable[[dict[str, Path], Path], dict[str, Any]]] = {
 # Measurement ------------------------------------------------------------------------------------------------
 
 
-class PeakRss:
-    """Samples this process's resident set size in a background thread."""
-
-    def __init__(self, every: float = 0.005) -> None:
-        self.process = psutil.Process()
-        self.baseline = self.process.memory_info().rss
-        self.peak = self.baseline
-        self._every = every
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self._stop.wait(self._every)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-
-
 def child(case: str, data: Path, trace: bool) -> None:
     """Run one case once in this (fresh) process and print its figures as JSON."""
     import airflow_provider_batch.results  # noqa: F401  (import cost is not part of either approach)
@@ -263,34 +220,16 @@ def child(case: str, data: Path, trace: bool) -> None:
     gc.collect()
     if trace:
         tracemalloc.start()
-    with PeakRss() as rss:
-        started = time.perf_counter()
-        check = RUNNERS[case](paths, data)
-        seconds = time.perf_counter() - started
-    traced = tracemalloc.get_traced_memory()[1] if trace else 0
-    print(json.dumps({"seconds": seconds, "rss": rss.peak - rss.baseline, "traced": traced, "check": check}))
+    figures = measure_call(lambda: {"check": RUNNERS[case](paths, data)})
+    figures["traced"] = tracemalloc.get_traced_memory()[1] if trace else 0
+    print_figures(figures)
 
 
 def run_child(case: str, data: Path, trace: bool) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", case, "--data", str(data)]
+    arguments = ["--child", case, "--data", str(data)]
     if trace:
-        command.append("--trace")
-    finished = subprocess.run(command, check=True, capture_output=True, text=True)
-    return json.loads(finished.stdout.strip().splitlines()[-1])
-
-
-def joined_order(path: Path) -> str:
-    """Digest of the custom_id sequence of a joined file, to check both joins agree on order."""
-
-    class Row(msgspec.Struct):
-        custom_id: str | None
-
-    digest = hashlib.sha256()
-    decoder = msgspec.json.Decoder(Row)
-    with path.open("rb") as rows:
-        for line in rows:
-            digest.update(str(decoder.decode(line).custom_id).encode() + b"\n")
-    return digest.hexdigest()
+        arguments.append("--trace")
+    return run_child_figures(__file__, *arguments)
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from request_validation import PeakRss
+from _measure import PeakRss
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
 

@@ -86,13 +86,19 @@ def scaled(seconds: float, settings: Settings) -> float:
 
 
 class BatchRunner:
-    """Owns one task per unfinished batch."""
+    """Owns one task per unfinished batch.
+
+    A cancel or an expiry changes the stored batch and calls :meth:`wake`; a task sleeping through a
+    line's ``emulator_line_delay`` is nudged out of that sleep, so it acts on the change now rather than
+    after the line (which a test may have made an hour long).
+    """
 
     def __init__(self, store: Store, engine: Engine, settings: Settings) -> None:
         self.store = store
         self.engine = engine
         self.settings = settings
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._nudges: dict[str, asyncio.Event] = {}
 
     def resume_all(self) -> None:
         """Pick up every batch a previous server left unfinished."""
@@ -100,10 +106,22 @@ class BatchRunner:
             self.wake(batch.id)
 
     def wake(self, batch_id: str) -> None:
-        """Make sure a task drives ``batch_id``; harmless when one already does."""
+        """Make sure a task drives ``batch_id`` and looks at its stored state again now."""
         task = self._tasks.get(batch_id)
         if task is None or task.done():
             self._tasks[batch_id] = asyncio.create_task(self._drive(batch_id), name=f"batch {batch_id}")
+        else:
+            self._nudges.setdefault(batch_id, asyncio.Event()).set()
+
+    async def _nap(self, batch_id: str, seconds: float) -> bool:
+        """Sleep ``seconds`` unless :meth:`wake` nudges the batch first; True when it did."""
+        nudge = self._nudges.setdefault(batch_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(nudge.wait(), seconds)
+        except TimeoutError:
+            return False
+        nudge.clear()
+        return True
 
     async def stop(self) -> None:
         tasks = [task for task in self._tasks.values() if not task.done()]
@@ -131,6 +149,8 @@ class BatchRunner:
             log.exception("batch %s: processing failed", batch_id)
             message = f"Emulator error: {type(exc).__name__}: {exc}"
             self.store.update_batch(batch_id, lambda b: _fail(b, "emulator_error", message))
+        finally:
+            self._nudges.pop(batch_id, None)
 
     # validating ----------------------------------------------------------------------------
 
@@ -198,8 +218,11 @@ class BatchRunner:
                     responses = await self.engine.respond_many(
                         batch.endpoint, [body for _, body in chunk.lines]
                     )
-                    if controls.line_delay:
-                        await asyncio.sleep(controls.line_delay * len(chunk.lines))
+                    if controls.line_delay and await self._nap(
+                        batch.id, controls.line_delay * len(chunk.lines)
+                    ):
+                        batch = self.store.get_batch(batch.id)  # cancelled or expired meanwhile
+                        continue  # the chunk was not answered; it is read again if the batch goes on
                     written = await asyncio.to_thread(results.write, chunk, responses)
                     batch = self.store.update_batch(batch.id, written.commit)
                 else:

@@ -72,9 +72,6 @@ USER_METADATA_PAIRS = MAX_METADATA_PAIRS - len(AIRFLOW_METADATA_KEYS) - 1  # and
 DEFAULT_TIMEOUT = timedelta(hours=25)
 """The 24 h window plus finalizing time, so OpenAI's own ``expired`` (with partial output) normally
 arrives before our timeout does."""
-DEFER_GRACE = 60.0
-"""Seconds the Airflow deferral timeout exceeds the trigger's deadline, so the trigger's clean
-``timeout`` event wins over Airflow's generic one."""
 
 
 class OpenAIBatchOperator(BaseOperator):
@@ -225,21 +222,16 @@ class OpenAIBatchOperator(BaseOperator):
             self.log.info("Batch %s submitted; not waiting (wait_for_completion=False)", batch.batch_id)
             return manifest(batch)
         if self.deferrable:
-            self.defer(
-                trigger=OpenAIBatchTrigger(
-                    conn_id=self.conn_id,
-                    batch_id=batch.batch_id,
-                    end_time=end_time,
-                    poll_interval=self.poll_interval,
-                    max_poll_interval=self.max_poll_interval,
-                    max_consecutive_failures=self.max_consecutive_failures,
-                    cancel_on_kill=self.cancel_on_kill,
-                ),
-                method_name=DEFER_METHOD_NAME,
-                timeout=timedelta(
-                    seconds=max(0.0, end_time - time.time()) + self.max_poll_interval + DEFER_GRACE
-                ),
+            trigger = OpenAIBatchTrigger(
+                conn_id=self.conn_id,
+                batch_id=batch.batch_id,
+                end_time=end_time,
+                poll_interval=self.poll_interval,
+                max_poll_interval=self.max_poll_interval,
+                max_consecutive_failures=self.max_consecutive_failures,
+                cancel_on_kill=self.cancel_on_kill,
             )
+            self.defer(trigger=trigger, method_name=DEFER_METHOD_NAME, timeout=trigger.defer_timeout())
         event = self.hook.wait_for_batch(
             batch.batch_id,
             end_time=end_time,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 # conf and the sensor exceptions moved into airflow.sdk after 3.1; the compat layer finds them.
@@ -22,7 +21,7 @@ from airflow_provider_batch.events import build_event, validate_event
 from airflow_provider_batch.exceptions import OpenAIBatchError
 from airflow_provider_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink
-from airflow_provider_batch.operators.batch import DEFER_GRACE, DEFER_METHOD_NAME, finish_batch
+from airflow_provider_batch.operators.batch import DEFER_METHOD_NAME, finish_batch
 from airflow_provider_batch.status import PollFailure, decide
 from airflow_provider_batch.triggers.batch import OpenAIBatchTrigger
 
@@ -83,20 +82,16 @@ class OpenAIBatchSensor(BaseSensorOperator):
         done = self.poke(context)
         if done:
             return done.xcom_value
-        end_time = time.time() + self.timeout
-        self.defer(
-            trigger=OpenAIBatchTrigger(
-                conn_id=self.conn_id,
-                batch_id=self.batch_id,
-                end_time=end_time,
-                poll_interval=self.poke_interval,
-                max_poll_interval=self.max_poll_interval,
-                max_consecutive_failures=self.max_consecutive_failures,
-                cancel_on_kill=False,  # not our batch: waiting on it gives no right to cancel it
-            ),
-            method_name=DEFER_METHOD_NAME,
-            timeout=timedelta(seconds=self.timeout + self.max_poll_interval + DEFER_GRACE),
+        trigger = OpenAIBatchTrigger(
+            conn_id=self.conn_id,
+            batch_id=self.batch_id,
+            end_time=time.time() + self.timeout,
+            poll_interval=self.poke_interval,
+            max_poll_interval=self.max_poll_interval,
+            max_consecutive_failures=self.max_consecutive_failures,
+            cancel_on_kill=False,  # not our batch: waiting on it gives no right to cancel it
         )
+        self.defer(trigger=trigger, method_name=DEFER_METHOD_NAME, timeout=trigger.defer_timeout())
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
         observed = self.hook.poll_batch(self.batch_id)

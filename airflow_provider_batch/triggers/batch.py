@@ -18,6 +18,7 @@ import asyncio
 import importlib
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from airflow_provider_batch.hooks.batch import OpenAIBatchHook
 
 HOOK_MODULE = "airflow_provider_batch.hooks.batch"
+
+DEFER_GRACE = 60.0
+"""Seconds the Airflow deferral timeout exceeds the trigger's deadline, so the trigger's clean
+``timeout`` event wins over Airflow's generic one."""
 
 ON_KILL_CANCEL_TIMEOUT = 20.0
 """Seconds allowed for the cancel call in ``on_kill``: below the triggerer's ``on_kill_timeout``
@@ -90,6 +95,11 @@ class OpenAIBatchTrigger(BaseTrigger):
                 "cancel_on_kill": self.cancel_on_kill,
             },
         )
+
+    def defer_timeout(self) -> timedelta:
+        """The ``timeout`` to defer with: past ``end_time`` by the longest pause and a grace, so
+        this trigger's own deadline event, which carries the batch's last state, always comes first."""
+        return timedelta(seconds=max(0.0, self.end_time - time.time()) + self.max_poll_interval + DEFER_GRACE)
 
     async def ahook(self) -> OpenAIBatchHook:
         """The hook, built on first use (never in ``__init__``).

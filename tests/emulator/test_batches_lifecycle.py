@@ -252,6 +252,31 @@ def test_expired_via_admin_route_while_running(emulator: EmulatorProcess) -> Non
     assert_error(again, 400, message="Cannot expire a batch with status 'expired'.", param="batch_id")
 
 
+@pytest.mark.parametrize("end", ["expire", "cancel"])
+def test_a_long_line_delay_does_not_hold_up_an_expiry_or_a_cancel(
+    emulator: EmulatorProcess, end: str
+) -> None:
+    """A batch held in progress by an hour-long line (how benchmarks keep triggers polling) ends as
+    soon as it is expired or cancelled, with its lines reported as not run."""
+    client = sdk(emulator)
+    lines = chat_lines(3)
+    batch = create_batch(client, lines, metadata={"emulator_line_delay": "3600"})
+    wait_for(client, batch.id, lambda b: b.status == "in_progress", what="in progress")
+    if end == "expire":
+        emulator.admin("POST", f"batches/{batch.id}/expire")
+    else:
+        checked_cancel(client, batch.id)
+
+    batch = wait_for_status(client, batch.id, timeout=5)
+    assert batch.status == ("expired" if end == "expire" else "cancelled")
+    output, errors = results(client, batch)
+    assert output == []
+    assert_counts_match_files(batch, output, errors)
+    assert_each_custom_id_once(errors, [line["custom_id"] for line in lines])
+    for line in errors:
+        assert_unrun_line(line, "batch_expired" if end == "expire" else "batch_cancelled")
+
+
 def test_time_scale_shrinks_the_window_and_a_slow_batch_expires(make_emulator) -> None:
     server = make_emulator("--time-scale", "20000")  # 24 h become 4.32 s
     client = sdk(server)

@@ -3,6 +3,7 @@ policy (attempts counted by the emulator), and a create whose response is lost."
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import time
@@ -140,6 +141,29 @@ async def test_async_clients_are_shared_per_loop_and_config(
     second = await OpenAIBatchHook(conn_id="batch_emulator").aget_conn()
     assert first is second
     assert isinstance(first, openai.AsyncOpenAI)
+
+
+async def test_concurrent_async_calls_share_a_bounded_pool(
+    make_emulator: Callable[..., EmulatorProcess], hook_for: Callable[..., OpenAIBatchHook]
+) -> None:
+    """A thousand triggers share one client: its pool is capped, so calls beyond the cap queue
+    for a free connection instead of opening more (each costs CPU on every request)."""
+    server = make_emulator("--latency", "0.3")
+    hook = hook_for(server, max_connections=2)
+    async with hook.async_client():
+        started = time.monotonic()
+        failures = await asyncio.gather(*(hook.apoll_batch(f"batch_{n}") for n in range(6)))
+        elapsed = time.monotonic() - started
+    assert [failure.http_status for failure in failures] == [404] * 6
+    # 6 calls of at least 0.3 s through 2 connections: 3 rounds; unbounded, all 6 overlap.
+    assert elapsed >= 0.85
+
+
+@pytest.mark.parametrize("value", [0, -3])
+def test_max_connections_below_one_is_rejected(monkeypatch: pytest.MonkeyPatch, value: int) -> None:
+    use_connection(monkeypatch, "tiny_pool", conn_type="openai_batch", extra={"max_connections": value})
+    with pytest.raises(ValueError, match="max_connections"):
+        OpenAIBatchHook(conn_id="tiny_pool").get_conn()
 
 
 def test_test_connection(emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook]) -> None:

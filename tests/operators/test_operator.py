@@ -33,12 +33,11 @@ from airflow_provider_batch.exceptions import (
     OpenAIBatchTriggerEventError,
 )
 from airflow_provider_batch.operators.batch import (
-    DEFER_GRACE,
     DEFER_METHOD_NAME,
     STATE_BATCH_ID,
     OpenAIBatchOperator,
 )
-from airflow_provider_batch.triggers.batch import OpenAIBatchTrigger
+from airflow_provider_batch.triggers.batch import DEFER_GRACE, OpenAIBatchTrigger
 from tests.batch_testing import (
     API_KEY,
     CHAT,

@@ -26,9 +26,9 @@ from airflow.sdk import PokeReturnValue
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
 from airflow_provider_batch.exceptions import OpenAIBatchFailed, OpenAIBatchTriggerEventError
-from airflow_provider_batch.operators.batch import DEFER_GRACE, DEFER_METHOD_NAME
+from airflow_provider_batch.operators.batch import DEFER_METHOD_NAME
 from airflow_provider_batch.sensors.batch import OpenAIBatchSensor
-from airflow_provider_batch.triggers.batch import OpenAIBatchTrigger
+from airflow_provider_batch.triggers.batch import DEFER_GRACE, OpenAIBatchTrigger
 from tests.batch_testing import (
     API_KEY,
     CHAT,
