@@ -18,9 +18,12 @@ Sides, run one after the other on the same triggerer:
 
 Figures per side, from the triggerer's own log lines written while that side ran: how many "Triggerer's
 async thread was blocked" warnings (the triggerer logs one when its 0.1 s watchdog sleep lasts over
-0.2 s), the longest and the total time blocked, and how many were logged while the tasks were deferred
-and polling versus while the events fired and the tasks resumed; the most triggers the triggerer reported
-running at once; seconds until all N were deferred, and from the release until none was deferred.
+0.2 s), the longest and the total time blocked, how many were logged while the tasks were deferred and
+polling versus while the events fired and the tasks resumed, and how many coincide with a full garbage
+collection in the trigger runner (a ``sitecustomize`` put on the triggerer's ``PYTHONPATH`` times every
+one);
+the most triggers the triggerer reported running at once; seconds until all N were deferred, and from the
+release until none was deferred.
 
     .venv/bin/python benchmarks/real_triggerer.py [--tasks 200] [--busy 60] [--intervals 1,2,1]
         [--sides baseline,ours,official] [--keep]
@@ -43,19 +46,40 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from triggerer_scale import API_KEY, CREATE_CONCURRENCY, connections, upload_input
+import psutil
+from triggerer_scale import API_KEY, CREATE_CONCURRENCY, WATCHDOG_SLEEP, connections, upload_input
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from airflow_stack import AirflowStack  # noqa: E402
+from airflow_stack import COMPONENTS, AirflowStack  # noqa: E402
 
 DAG_ID = "triggerer_warnings"
 SIDES = ("baseline", "ours", "official")
 BLOCKED = re.compile(r"^(\S+) .*async thread was blocked for ([0-9.]+) seconds")
 RUNNING = re.compile(r"(\d+) triggers currently running")
 ENDED = ("success", "failed")
+GC_PROBE = """\
+import gc, os, time
+
+_log, _started = os.environ["BENCH_GC_LOG"], [0.0]
+
+
+def _time_full_collection(phase, info):
+    if info["generation"] != 2:
+        return
+    if phase == "start":
+        _started[0] = time.perf_counter()
+        return
+    with open(_log, "a") as out:
+        out.write(f"{os.getpid()} {time.time():.3f} {time.perf_counter() - _started[0]:.4f}\\n")
+
+
+gc.callbacks.append(_time_full_collection)
+"""
+"""A ``sitecustomize`` for the triggerer's processes only: it logs every full garbage collection (pid, end
+time, seconds), since a full collection of a process with Airflow loaded stalls its event loop by itself."""
 HOLD = 3600.0
 """Seconds each batch's line would take: the batches end when this script expires them, not before."""
 
@@ -96,8 +120,49 @@ def blocked_warnings(log: str) -> list[tuple[float, float]]:
     return found
 
 
+def trigger_runner_pid(stack: AirflowStack) -> int:
+    """The process whose event loop runs the triggers: the ``airflow triggerer`` process forks it."""
+    main = psutil.Process(stack.processes["triggerer"].pid)
+
+    def runner() -> psutil.Process | None:
+        return next((child for child in main.children() if child.cmdline() == main.cmdline()), None)
+
+    stack.wait(lambda: runner() is not None, 120, "the trigger runner process")
+    return runner().pid  # type: ignore[union-attr]
+
+
+def full_collections(gc_log: Path, pid: int, start: float, end: float) -> list[tuple[float, float]]:
+    """(unix time it ended, seconds) of the trigger runner's full garbage collections between two moments."""
+    if not gc_log.exists():
+        return []
+    found = [line.split() for line in gc_log.read_text().splitlines() if line]
+    return [
+        (float(ended), float(seconds))
+        for who, ended, seconds in found
+        if int(who) == pid and start <= float(ended) <= end
+    ]
+
+
+def explained_by_collection(warning: tuple[float, float], collections: list[tuple[float, float]]) -> bool:
+    """Whether a full collection ended inside the warning's late sleep and lasted most of its lateness.
+
+    The watchdog sleeps 0.1 s and reports the whole sleep, so a warning at ``t`` of ``blocked`` seconds
+    means the loop could not run from ``t - blocked + 0.1`` to ``t``."""
+    logged, blocked = warning
+    late = blocked - WATCHDOG_SLEEP
+    return any(
+        logged - blocked <= ended <= logged + 0.05 and seconds >= late / 2 for ended, seconds in collections
+    )
+
+
 def run_side(
-    stack: AirflowStack, server: EmulatorProcess, input_id: str, side: str, args: argparse.Namespace
+    stack: AirflowStack,
+    server: EmulatorProcess,
+    input_id: str,
+    side: str,
+    args: argparse.Namespace,
+    gc_log: Path,
+    runner_pid: int,
 ) -> dict[str, Any]:
     count = args.tasks
     batch_ids = asyncio.run(create_batches(server, input_id, count))
@@ -128,6 +193,7 @@ def run_side(
     state = stack.run_state(DAG_ID, run_id)
     log = stack.logs("triggerer")[log_mark:]
     warnings = blocked_warnings(log)
+    collections = full_collections(gc_log, runner_pid, started, time.time())
     return {
         "side": side,
         "tasks": count,
@@ -139,6 +205,9 @@ def run_side(
         "warnings_while_resuming": sum(1 for stamp, _ in warnings if stamp >= released),
         "max_blocked_s": max((seconds for _, seconds in warnings), default=0.0),
         "total_blocked_s": sum(seconds for _, seconds in warnings),
+        "warnings_at_full_collections": sum(explained_by_collection(w, collections) for w in warnings),
+        "full_collections": len(collections),
+        "longest_full_collection_s": max((seconds for _, seconds in collections), default=0.0),
         "most_running": max((int(n) for n in RUNNING.findall(log)), default=0),
     }
 
@@ -150,19 +219,29 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         f"{maximum:g} s, the official trigger every {official:g} s; {args.busy:g} s of polling with all "
         "deferred, then every batch ends at once.\n"
     )
-    header = (
-        "| Side | Blocked warnings | while polling | while resuming | Longest block s | Total blocked s "
-        "| Most running | s to defer all | s from release to none deferred | Run |"
+    print(
+        "| Side | Blocked warnings | while polling | while resuming | at a full GC | Longest block s "
+        "| Total blocked s | Full GCs | Longest full GC s | Most running | s to defer all "
+        "| s from release to none deferred | Run |"
     )
-    print(header)
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for row in rows:
-        print(
-            f"| {row['side']} | {row['warnings']} | {row['warnings_while_polling']} | "
-            f"{row['warnings_while_resuming']} | {row['max_blocked_s']:.2f} | {row['total_blocked_s']:.1f} | "
-            f"{row['most_running']} | {row['to_defer_all_s']:.0f} | "
-            f"{row['release_to_none_deferred_s']:.0f} | {row['run']} |"
-        )
+        cells = [
+            row["side"],
+            row["warnings"],
+            row["warnings_while_polling"],
+            row["warnings_while_resuming"],
+            row["warnings_at_full_collections"],
+            f"{row['max_blocked_s']:.2f}",
+            f"{row['total_blocked_s']:.1f}",
+            row["full_collections"],
+            f"{row['longest_full_collection_s']:.2f}",
+            row["most_running"] or "",
+            f"{row['to_defer_all_s']:.0f}",
+            f"{row['release_to_none_deferred_s']:.0f}",
+            row["run"],
+        ]
+        print("| " + " | ".join(str(cell) for cell in cells) + " |")
 
 
 def main() -> None:
@@ -197,10 +276,17 @@ def main() -> None:
             }
             with AirflowStack(work / "airflow", Path(__file__).parent / "dags", env=env) as stack:
                 stack.migrate()
-                stack.start()
+                stack.start(tuple(name for name in COMPONENTS if name != "triggerer"))
+                probe = work / "gc-probe"
+                probe.mkdir()
+                (probe / "sitecustomize.py").write_text(GC_PROBE)
+                gc_log = work / "triggerer-gc.log"
+                stack.env = {**stack.env, "PYTHONPATH": str(probe), "BENCH_GC_LOG": str(gc_log)}
+                stack.start_component("triggerer")
+                runner_pid = trigger_runner_pid(stack)
                 stack.wait_for_dag(DAG_ID, timeout=300)
                 for side in sides:
-                    row = run_side(stack, server, input_id, side, args)
+                    row = run_side(stack, server, input_id, side, args, gc_log, runner_pid)
                     print(json.dumps(row), flush=True)
                     rows.append(row)
     finally:

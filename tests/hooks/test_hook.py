@@ -9,14 +9,16 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import openai
 import pytest
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
-from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY, OpenAIBatchHook
+from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY, OpenAIBatchHook, read_snapshot, snapshot_of
 from airflow_provider_batch.hooks.retry import RetryPolicy, is_transient, retry_after_seconds
+from airflow_provider_batch.status import PollFailure
 
 FAST_RETRIES = {"max_retries": 4, "retry_initial_wait": 0.01, "retry_max_wait": 0.5, "retry_max_total": 30}
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -354,6 +356,29 @@ async def test_async_calls_share_the_retry_policy(
     server.reset_stats()
     assert (await OpenAIBatchHook(conn_id="batch_emulator").aget_batch(batch.id)).id == batch.id
     assert server.stats()["requests"]["GET /v1/batches/{id}"] == 3
+
+
+async def test_polls_read_the_same_snapshot_as_the_sdk_model(
+    emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+) -> None:
+    """Polls read the raw JSON instead of the SDK's pydantic ``Batch``; both must agree."""
+    hook = hook_for(emulator)
+    uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl", count=3))
+    batch = wait_terminal(hook, hook.create_batch(uploaded.id, "/v1/chat/completions").id)
+    expected = snapshot_of(hook.get_batch(batch.id))
+    assert expected.status == "completed"
+    assert expected.usage
+    assert expected.request_counts
+    assert hook.poll_batch(batch.id) == expected
+    assert await OpenAIBatchHook(conn_id="batch_emulator").apoll_batch(batch.id) == expected
+
+
+@pytest.mark.parametrize("body", [b"<html>bad gateway</html>", b"[]", b'{"object": "batch"}'])
+def test_a_body_that_is_not_a_batch_is_a_failed_observation(body: bytes) -> None:
+    observed = read_snapshot(SimpleNamespace(content=body))
+    assert isinstance(observed, PollFailure)
+    assert observed.retryable
+    assert "not a batch object" in observed.message
 
 
 def test_a_create_whose_response_is_lost_yields_one_batch(
