@@ -214,15 +214,24 @@ def _chat(body: dict[str, Any], model: str) -> dict[str, Any]:
         "created": int(time.time()),
         "model": model,
         "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
-        },
+        "usage": _completion_usage(
+            prompt_tokens,
+            completion_tokens,
+            prompt_tokens_details={"cached_tokens": 0, "audio_tokens": 0},
+            completion_tokens_details={"reasoning_tokens": 0, "audio_tokens": 0},
+        ),
         "service_tier": "default",
         "system_fingerprint": "fp_emulator",
+    }
+
+
+def _completion_usage(prompt_tokens: int, completion_tokens: int, **details: Any) -> dict[str, Any]:
+    """The ``usage`` object of chat and legacy completions (``details``: the chat-only breakdowns)."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        **details,
     }
 
 
@@ -248,11 +257,7 @@ def _completion(body: dict[str, Any], model: str) -> dict[str, Any]:
         "created": int(time.time()),
         "model": model,
         "choices": choices,
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": _completion_usage(prompt_tokens, completion_tokens),
         "system_fingerprint": "fp_emulator",
     }
 
