@@ -325,6 +325,7 @@ async def create_batch(request: Request) -> Response:
         expires_at=int(now + window),
         metadata=params.metadata,
         deadline=now + window,
+        phase_started=now,
         output_expires_after=params.output_expires_after,
     )
     emulator.store.add_batch(batch)

@@ -88,9 +88,9 @@ def scaled(seconds: float, settings: Settings) -> float:
 class BatchRunner:
     """Owns one task per unfinished batch.
 
-    A cancel or an expiry changes the stored batch and calls :meth:`wake`; a task sleeping through a
-    line's ``emulator_line_delay`` is nudged out of that sleep, so it acts on the change now rather than
-    after the line (which a test may have made an hour long).
+    A cancel or an expiry changes the stored batch and calls :meth:`wake`; a task sleeping through one
+    of the ``emulator_*_delay`` controls is nudged out of that sleep, so it acts on the change now rather
+    than after the delay (which a test may have made an hour long).
     """
 
     def __init__(self, store: Store, engine: Engine, settings: Settings) -> None:
@@ -122,6 +122,11 @@ class BatchRunner:
             return False
         nudge.clear()
         return True
+
+    async def _nap_until(self, batch_id: str, moment: float) -> bool:
+        """:meth:`_nap` until ``moment`` (unix time): a step that was nudged and runs again waits only
+        for what is left of its phase."""
+        return await self._nap(batch_id, moment - time.time())
 
     async def stop(self) -> None:
         tasks = [task for task in self._tasks.values() if not task.done()]
@@ -156,7 +161,8 @@ class BatchRunner:
 
     async def _validate(self, batch: BatchRecord) -> None:
         controls = Controls.of(batch, self.settings)
-        await asyncio.sleep(controls.validating_delay)
+        if await self._nap_until(batch.id, batch.phase_started + controls.validating_delay):
+            return  # cancelled or expired meanwhile: the drive loop reads the batch again
         if time.time() >= batch.deadline:
             await self._end_unfinished(batch, "expired")
             return
@@ -248,18 +254,18 @@ class BatchRunner:
 
     async def _finalize(self, batch: BatchRecord) -> None:
         controls = Controls.of(batch, self.settings)
-        await _sleep_until(
-            (batch.phase_started or batch.finalizing_at or time.time()) + controls.finalizing_delay
-        )
+        started = batch.phase_started or batch.finalizing_at or time.time()
+        if await self._nap_until(batch.id, started + controls.finalizing_delay):
+            return  # cancelled meanwhile: the drive loop reads the batch again
         batch = self.store.get_batch(batch.id)
         if batch.status == "finalizing":  # not cancelled while we waited
             self._publish(batch, "completed")
 
     async def _cancel(self, batch: BatchRecord) -> None:
         controls = Controls.of(batch, self.settings)
-        await _sleep_until(
-            (batch.phase_started or batch.cancelling_at or time.time()) + controls.cancelling_delay
-        )
+        started = batch.phase_started or batch.cancelling_at or time.time()
+        if await self._nap_until(batch.id, started + controls.cancelling_delay):
+            return  # expired meanwhile: the drive loop reads the batch again
         await self._end_unfinished(batch, "cancelled")
 
     async def _end_unfinished(self, batch: BatchRecord, outcome: str) -> None:
@@ -452,9 +458,3 @@ def _forced_error(code: str, model: str | None, settings: Settings) -> dict[str,
     else:
         message = f"Validation failed with {code} (forced by emulator_fail_validation)."
     return {"code": code, "message": message, "param": None, "line": None}
-
-
-async def _sleep_until(moment: float) -> None:
-    delay = moment - time.time()
-    if delay > 0:
-        await asyncio.sleep(delay)

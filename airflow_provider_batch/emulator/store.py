@@ -117,8 +117,9 @@ class BatchRecord(msgspec.Struct, kw_only=True):
     deadline: float = 0.0
     """Real time at which the (scaled) completion window closes."""
     phase_started: float = 0.0
-    """Real time at which ``finalizing`` or ``cancelling`` began. The public ``*_at`` fields are whole
-    seconds, too coarse to time a sub-second phase delay from; this survives a restart like them."""
+    """Real time at which the current timed phase (``validating``, ``finalizing``, ``cancelling``)
+    began. The public ``*_at`` fields are whole seconds, too coarse to time a sub-second phase delay
+    from; this survives a restart like them."""
     output_expires_after: int | None = None
     """Seconds after their creation at which the result files expire, as requested."""
     enqueued_tokens: int = 0

@@ -368,6 +368,16 @@ def test_cancel_while_validating(emulator: EmulatorProcess) -> None:
     assert (done.output_file_id, done.error_file_id) == (None, None)
 
 
+@pytest.mark.parametrize("delay", ["emulator_validating_delay", "emulator_finalizing_delay"])
+def test_a_cancel_does_not_wait_out_a_long_phase_delay(emulator: EmulatorProcess, delay: str) -> None:
+    client = sdk(emulator)
+    batch = create_batch(client, chat_lines(2), metadata={delay: "3600"})
+    phase = "validating" if delay == "emulator_validating_delay" else "finalizing"
+    wait_for_status(client, batch.id, phase)
+    assert checked_cancel(client, batch.id).status == "cancelling"
+    assert wait_for_status(client, batch.id, timeout=5).status == "cancelled"
+
+
 @pytest.mark.parametrize("lines", [chat_lines(1), ["not json"]], ids=["completed", "failed"])
 def test_cancel_a_terminal_batch_is_a_400(emulator: EmulatorProcess, lines: list) -> None:
     client = sdk(emulator)
