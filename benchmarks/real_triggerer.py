@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from triggerer_scale import API_KEY, CREATE_CONCURRENCY, WATCHDOG_SLEEP, connections, upload_input
+from triggerer_scale import API_KEY, WATCHDOG_SLEEP, connections, create_batches, upload_input
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
 
@@ -83,26 +83,6 @@ gc.callbacks.append(_time_full_collection)
 time, seconds), since a full collection of a process with Airflow loaded stalls its event loop by itself."""
 HOLD = 3600.0
 """Seconds each batch's line would take: the batches end when this script expires them, not before."""
-
-
-async def create_batches(server: EmulatorProcess, input_id: str, count: int) -> list[str]:
-    client = server.async_client(max_retries=5, timeout=120)
-    limit = asyncio.Semaphore(CREATE_CONCURRENCY)
-
-    async def create() -> str:
-        async with limit:
-            batch = await client.batches.create(
-                input_file_id=input_id,
-                endpoint="/v1/chat/completions",
-                completion_window="24h",
-                metadata={"emulator_line_delay": str(HOLD)},
-            )
-            return batch.id
-
-    try:
-        return list(await asyncio.gather(*(create() for _ in range(count))))
-    finally:
-        await client.close()
 
 
 def count_in_state(stack: AirflowStack, run_id: str, state: str) -> int:
@@ -166,7 +146,7 @@ def run_side(
     runner_pid: int,
 ) -> dict[str, Any]:
     count = args.tasks
-    batch_ids = asyncio.run(create_batches(server, input_id, count))
+    batch_ids = asyncio.run(create_batches(server, input_id, count, release_at=time.time() + HOLD))
     initial, maximum, official = args.intervals
     # The baseline's timers fire at the release; allow the deferral as long as the slowest side needs.
     planned_release = time.time() + args.defer_allowance + args.busy
