@@ -31,6 +31,19 @@ CHAT = "/v1/chat/completions"
 MODEL = "gpt-4o-mini"
 FAST_RETRIES = {"retry_initial_wait": 0.01, "retry_max_wait": 0.2, "retry_max_total": 20}
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+MANIFEST_KEYS = frozenset(
+    {
+        "batch_id",
+        "status",
+        "output_file_id",
+        "error_file_id",
+        "request_counts",
+        "usage",
+        "model",
+        "endpoint",
+    }
+)
+"""The keys of the manifest the operator and the sensor hand downstream (before results are landed)."""
 
 
 def use_emulator(

@@ -32,6 +32,7 @@ from airflow_provider_batch.exceptions import (
     OpenAIBatchPartialFailure,
 )
 from tests.batch_testing import (
+    MANIFEST_KEYS,
     asset_events_of,
     batches_of_task,
     jsonl,
@@ -52,16 +53,6 @@ needs_airflow_3_3_dag_test = pytest.mark.skipif(
     ),
 )
 
-MANIFEST_KEYS = {
-    "batch_id",
-    "status",
-    "output_file_id",
-    "error_file_id",
-    "request_counts",
-    "usage",
-    "model",
-    "endpoint",
-}
 LANDED_KEYS = {"results_uri", "results_summary"}
 LINK_XCOM = "_link_OpenAIBatchLink"
 TRIGGER_LOGGER = "airflow_provider_batch.triggers.batch.OpenAIBatchTrigger"

@@ -20,6 +20,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from tests.batch_testing import MANIFEST_KEYS
 from tests.e2e.dags.e2e_common import (
     BATCH_TASK,
     DEADLINE_HOLDS,
@@ -43,16 +44,6 @@ from tests.e2e.support import E2E, FINISHED_TI_STATES, wait_until
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 TRIGGER_CLASSPATH = "airflow_provider_batch.triggers.batch.OpenAIBatchTrigger"
-MANIFEST_KEYS = {
-    "batch_id",
-    "status",
-    "output_file_id",
-    "error_file_id",
-    "request_counts",
-    "usage",
-    "model",
-    "endpoint",
-}
 TRIGGERER_DOWNTIME = 12.0
 """Seconds the triggerer stays dead: longer than the health-check threshold (10 s), so the new
 triggerer takes the triggers over as soon as it is up."""
