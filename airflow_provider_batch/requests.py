@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeGuard, cast
 
 import msgspec
 
@@ -419,7 +419,7 @@ def write_batch_file(
         with _open(destination, "wb") as out:
             shutil.copyfileobj(spool, out, BLOCK_SIZE)
     return BatchFileSummary(
-        destination=None if _is_file_object(destination) else _name(destination),
+        destination=_name(destination),
         endpoint=endpoint,
         requests=checker.requests,
         bytes=size,
@@ -455,18 +455,21 @@ def _encode_record(checker: _Checker, line: int, record: object) -> bytes | None
         return None
 
 
-def _is_file_object(target: object) -> bool:
+def _is_file_object(target: object) -> TypeGuard[IO[bytes]]:
     return hasattr(target, "read") or hasattr(target, "write")
 
 
-def _is_local_path(target: object) -> bool:
+def _is_local_path(target: object) -> TypeGuard[str | os.PathLike[str]]:
     # Before Airflow 3.2, ObjectStoragePath is also an os.PathLike (whose fspath is its URL): tell it
     # apart by its ``protocol``.
     return isinstance(target, (str, os.PathLike)) and not hasattr(target, "protocol")
 
 
-def _name(target: str | os.PathLike[str] | ObjectStoragePath) -> str:
-    return os.fspath(target) if _is_local_path(target) else str(target)
+def _name(target: FileLike) -> str | None:
+    """A local path, or an object storage path's URL; ``None`` for a file object."""
+    if _is_local_path(target):
+        return os.fspath(target)
+    return None if _is_file_object(target) else str(target)
 
 
 def _open(target: FileLike, mode: str) -> AbstractContextManager[IO[bytes]]:
@@ -475,4 +478,5 @@ def _open(target: FileLike, mode: str) -> AbstractContextManager[IO[bytes]]:
         return open(target, mode, buffering=0 if mode == "rb" else -1)
     if _is_file_object(target):
         return nullcontext(target)
-    return target.open(mode)
+    # What remains is an ObjectStoragePath, which this module only knows by its ``protocol``.
+    return cast("ObjectStoragePath", target).open(mode)

@@ -596,7 +596,7 @@ def _seekable_copy(label: str, source: ResultSource) -> Iterator[_Indexed]:
     if local is not None:
         with open(local, "rb") as stream:
             yield _Indexed(label, stream, 0)
-    elif not isinstance(source, ObjectStoragePath) and source.seekable():
+    elif not isinstance(source, ObjectStoragePath | str | os.PathLike) and source.seekable():
         yield _Indexed(label, source, source.tell())
     else:
         with _open_source(source) as stream, tempfile.TemporaryFile() as spool:

@@ -72,7 +72,7 @@ def _env_defaults(parser: argparse.ArgumentParser) -> None:
             action.default = value.lower() in {"1", "true", "yes"}
         else:
             try:
-                action.default = action.type(value) if action.type else value
+                action.default = action.type(value) if callable(action.type) else value
             except ValueError:  # a usage error, as the same value given as a flag would be
                 parser.error(f"environment variable {name}: invalid value {value!r}")
 

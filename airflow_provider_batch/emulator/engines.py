@@ -198,7 +198,7 @@ def _chat(body: dict[str, Any], model: str) -> dict[str, Any]:
         _answer_text(_text_of(last_user.get("content")), body),
         body.get("max_completion_tokens", body.get("max_tokens")),
     )
-    choices = [
+    choices: list[dict[str, Any]] = [
         {
             "index": index,
             "message": {"role": "assistant", "content": answer, "refusal": None, "annotations": []},
@@ -245,7 +245,7 @@ def _completion(body: dict[str, Any], model: str) -> dict[str, Any]:
     prompts = [
         p if isinstance(p, str) else " ".join(map(str, p)) if isinstance(p, list) else str(p) for p in prompts
     ]
-    choices = []
+    choices: list[dict[str, Any]] = []
     for index, prompt in enumerate(prompts):
         answer, finish = _cap(f"echo: {prompt}", body.get("max_tokens", 16))
         choices.append({"text": answer, "index": index, "logprobs": None, "finish_reason": finish})

@@ -47,7 +47,7 @@ from airflow_provider_batch.status import BatchSnapshot, PollFailure, PollSchedu
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection, ObjectStoragePath
-    from openai.types import Batch, FileObject
+    from openai.types import Batch, FileObject, FilePurpose
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,7 @@ class OpenAIBatchHook(BaseHook):
         self,
         source: str | os.PathLike[str] | ObjectStoragePath | BinaryIO,
         *,
-        purpose: str = "batch",
+        purpose: FilePurpose = "batch",
         filename: str | None = None,
         expires_after_seconds: int | None = None,
     ) -> FileObject:
