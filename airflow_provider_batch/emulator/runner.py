@@ -364,7 +364,7 @@ class _PartialResults:
         for kind, size in (("output", batch.progress.output_bytes), ("error", batch.progress.error_bytes)):
             path = _part_path(store, batch.id, kind)
             if path.exists():
-                handle = path.open("r+b")
+                handle: IO[bytes] = path.open("r+b")
                 handle.truncate(size)
                 handle.seek(size)
             else:  # a new batch, or one whose results were already published before a crash

@@ -73,7 +73,7 @@ def apply_changes(target: Any, changes: dict[str, Any]) -> None:
         if name not in current:
             raise ValueError(f"unknown setting {name!r}; known: {', '.join(sorted(current))}")
         old = getattr(target, name)
-        if dataclasses.is_dataclass(old):
+        if dataclasses.is_dataclass(old) and not isinstance(old, type):
             nested = dataclasses.replace(old)
             apply_changes(nested, value)
             staged[name] = nested

@@ -324,7 +324,7 @@ class Store:
             rows = self._db.execute(
                 f"SELECT record FROM {table} {clause} ORDER BY seq {order} LIMIT ?", (*params, limit + 1)
             ).fetchall()
-        items = [msgspec.json.decode(row[0], type=kind) for row in rows[:limit]]
+        items: list[Any] = [msgspec.json.decode(row[0], type=kind) for row in rows[:limit]]
         return Page(items=items, has_more=len(rows) > limit)
 
 
