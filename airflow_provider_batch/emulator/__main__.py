@@ -1,8 +1,10 @@
 """Command line: ``python -m airflow_provider_batch.emulator`` (or ``openai-batch-emulator``).
 
 Every flag has an environment variable, ``BATCH_EMULATOR_<FLAG>`` (``--fault-rate`` is
-``BATCH_EMULATOR_FAULT_RATE``); flags win. The first line printed is the base URL to give an
-OpenAI client, ``http://HOST:PORT/v1``; with ``--port 0`` the port is picked from the free ones.
+``BATCH_EMULATOR_FAULT_RATE``); flags win. The first line printed is what a client is configured
+with: the base URL of an OpenAI client, ``http://HOST:PORT/v1``; under ``--dialect azure``, the
+``azure_endpoint`` of an ``AzureOpenAI`` client, ``http://HOST:PORT`` (a plain OpenAI client takes
+``http://HOST:PORT/openai/v1``). With ``--port 0`` the port is picked from the free ones.
 """
 
 from __future__ import annotations
@@ -28,7 +30,15 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     server.add_argument("--data-dir", type=Path, help="state directory (default: a new temporary directory)")
-    server.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request")
+    server.add_argument(
+        "--api-key", help="require 'Authorization: Bearer KEY' on every request (azure: 'api-key: KEY')"
+    )
+    server.add_argument(
+        "--dialect",
+        choices=("openai", "azure"),
+        default="openai",
+        help="OpenAI's routes (/v1/...) or Azure OpenAI's (/openai/... with api-version, /openai/v1/...)",
+    )
     server.add_argument("--log-level", default="warning")
 
     engine = parser.add_argument_group("processing")
@@ -47,6 +57,20 @@ def _parser() -> argparse.ArgumentParser:
         help="write result lines out of input order, as OpenAI may",
     )
     engine.add_argument("--enqueued-token-limit", type=int, default=0, help="per-model token quota (0: off)")
+
+    azure = parser.add_argument_group("azure dialect only")
+    azure.add_argument(
+        "--file-processing-delay", type=float, default=0.5, help="seconds an upload stays 'pending'"
+    )
+    azure.add_argument(
+        "--max-files-without-expiry", type=int, default=500, help="quota of files without expiry"
+    )
+    azure.add_argument(
+        "--token-limit-fail-fast",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="refuse a batch over --enqueued-token-limit at create (400) instead of failing it",
+    )
 
     faults = parser.add_argument_group("transient faults (API routes only)")
     faults.add_argument("--fault-rate", type=float, default=0.0, help="probability of a fault per request")
@@ -112,6 +136,11 @@ def main(argv: list[str] | None = None) -> None:
                     "latency": args.latency,
                     "retry_after": args.retry_after,
                 },
+                "azure": {
+                    "file_processing_delay": args.file_processing_delay,
+                    "max_files_without_expiry": args.max_files_without_expiry,
+                    "token_limit_fail_fast": args.token_limit_fail_fast,
+                },
             },
         )
     except ValueError as exc:
@@ -125,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         engine = UpstreamEngine(args.upstream, key, concurrency=args.upstream_concurrency)
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="openai-batch-emulator-"))
     data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(data_dir, settings=settings, engine=engine, api_key=args.api_key)
+    app = create_app(data_dir, settings=settings, engine=engine, api_key=args.api_key, dialect=args.dialect)
 
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -135,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if family == socket.AF_INET6 else host
     # Connections queue on the listening socket from here on, so the URL is usable at once.
-    print(f"http://{shown_host}:{port}/v1", flush=True)
+    root = f"http://{shown_host}:{port}"
+    print(root if args.dialect == "azure" else f"{root}/v1", flush=True)
     print(f"data dir: {data_dir}", file=sys.stderr, flush=True)
 
     config = uvicorn.Config(

@@ -1,5 +1,8 @@
 """The HTTP surface: OpenAI's Files and Batches routes under ``/v1``, synchronous echo endpoints
 (so one emulator can serve as another's ``--upstream``), and admin routes under ``/_emulator``.
+Under ``--dialect azure`` the gate serves the same handlers on Azure's paths (``azure.py``), and
+the handlers answer with Azure's differences: uploads ``pending`` for a while, the quota of files
+without expiry, ``""`` for missing result files, both endpoint forms, fail-fast token limits.
 
 Handlers parse their input by hand so that every rejection, down to a malformed query string,
 is a 4xx in OpenAI's error shape with the parameter named; an unexpected exception is the only
@@ -27,14 +30,24 @@ from starlette.responses import FileResponse, MalformedRangeHeader, RangeNotSati
 from starlette.routing import Route
 
 from airflow_provider_batch.emulator import validation
+from airflow_provider_batch.emulator.azure import (
+    DIALECTS,
+    azure_error,
+    file_not_processed,
+    quota_exceeded,
+    resource_not_found,
+)
 from airflow_provider_batch.emulator.engines import EchoEngine, Engine, echo
 from airflow_provider_batch.emulator.errors import APIError, error_body, invalid
 from airflow_provider_batch.emulator.gate import Gate
 from airflow_provider_batch.emulator.runner import DAY, DEFAULT_FILE_TTL, BatchRunner, scaled
 from airflow_provider_batch.emulator.settings import Settings, apply_changes
 from airflow_provider_batch.emulator.store import BatchRecord, FileRecord, Store, new_id
+from airflow_provider_batch.limits import ENDPOINTS
 
 MAX_JSON_BODY = 1024 * 1024
+AZURE_ENDPOINTS = ENDPOINTS + tuple(endpoint.removeprefix("/v1") for endpoint in ENDPOINTS)
+"""Azure takes each batch endpoint with or without ``/v1`` (classic and v1 examples differ)."""
 SYNC_ENDPOINTS = (
     "/v1/chat/completions",
     "/v1/completions",
@@ -51,10 +64,15 @@ class Emulator:
     store: Store
     settings: Settings = field(default_factory=Settings)
     engine: Engine = field(default_factory=EchoEngine)
+    dialect: str = "openai"
     runner: BatchRunner = field(init=False)
 
     def __post_init__(self) -> None:
-        self.runner = BatchRunner(self.store, self.engine, self.settings)
+        self.runner = BatchRunner(self.store, self.engine, self.settings, self.dialect)
+
+    @property
+    def azure(self) -> bool:
+        return self.dialect == "azure"
 
 
 def create_app(
@@ -63,9 +81,14 @@ def create_app(
     settings: Settings | None = None,
     engine: Engine | None = None,
     api_key: str | None = None,
+    dialect: str = "openai",
 ) -> Gate:
     """Build the ASGI application: the routes wrapped in the fault/auth :class:`Gate`."""
-    emulator = Emulator(store=Store(data_dir), settings=settings or Settings(), engine=engine or EchoEngine())
+    if dialect not in DIALECTS:
+        raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}; got {dialect!r}")
+    emulator = Emulator(
+        store=Store(data_dir), settings=settings or Settings(), engine=engine or EchoEngine(), dialect=dialect
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -101,7 +124,7 @@ def create_app(
         exception_handlers={APIError: _api_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.state.emulator = emulator
-    gate = Gate(app, emulator.settings, api_key)
+    gate = Gate(app, emulator.settings, api_key, dialect)
     app.state.gate = gate
     return gate
 
@@ -124,6 +147,8 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Routing and parsing errors from Starlette (unknown URL, wrong method, broken multipart)."""
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 404 and _emulator(request).azure:
+        return await _api_error(request, resource_not_found())
     if exc.status_code == 404:
         message = f"Invalid URL ({request.method} {request.url.path})"
     elif exc.status_code == 405:
@@ -193,7 +218,7 @@ async def upload_file(request: Request) -> Response:
                 f" {', '.join(validation.FILE_PURPOSES)}.",
                 param="purpose",
             )
-        ttl = _upload_ttl(form, purpose)
+        ttl = _upload_ttl(form, purpose, emulator)
         filename = upload.filename or "upload"
         size = upload.size if upload.size is not None else 0
         if purpose == "batch":
@@ -206,17 +231,18 @@ async def upload_file(request: Request) -> Response:
         file_id = new_id("file-")
         target = emulator.store.blob_path(file_id)
         await asyncio.to_thread(_copy_upload, upload, target)
-    now = int(time.time())
+    now = time.time()
     record = FileRecord(
         id=file_id,
         bytes=target.stat().st_size,
-        created_at=now,
+        created_at=int(now),
         filename=filename,
         purpose=purpose,
-        expires_at=None if ttl is None else now + max(1, round(scaled(ttl, emulator.settings))),
+        expires_at=None if ttl is None else int(now) + max(1, round(scaled(ttl, emulator.settings))),
+        processed_at=now + emulator.settings.azure.file_processing_delay if emulator.azure else 0.0,
     )
     emulator.store.add_file(record)
-    return _json(record.to_api())
+    return _json(record.to_api(emulator.dialect))
 
 
 @contextlib.asynccontextmanager
@@ -233,11 +259,19 @@ async def _multipart(request: Request) -> AsyncIterator[Any]:
         await form.close()
 
 
-def _upload_ttl(form: Any, purpose: str) -> int | None:
-    """File expiry in seconds: ``expires_after`` if given, else 30 days for batch files."""
+def _upload_ttl(form: Any, purpose: str, emulator: Emulator) -> int | None:
+    """File expiry in seconds: ``expires_after`` if given, else 30 days for OpenAI's batch files.
+
+    Azure keeps a file without ``expires_after`` forever, and caps how many such files a resource
+    holds: an upload over the cap is refused before anything is stored."""
     anchor, seconds = form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
     if anchor is not None or seconds is not None:
         return validation.parse_expires_after({"anchor": anchor, "seconds": seconds}, "expires_after")
+    if emulator.azure:
+        limit = emulator.settings.azure.max_files_without_expiry
+        if emulator.store.count_files_without_expiry() >= limit:
+            raise quota_exceeded(limit)
+        return None
     return DEFAULT_FILE_TTL if purpose == "batch" else None
 
 
@@ -259,11 +293,12 @@ async def list_files(request: Request) -> Response:
         limit=_query_int(request, "limit", 10_000, 1, 10_000),
         ascending=order == "asc",
     )
-    return _json(page.to_api())
+    return _json(page.to_api(_emulator(request).dialect))
 
 
 async def retrieve_file(request: Request) -> Response:
-    return _json(_emulator(request).store.get_file(request.path_params["file_id"]).to_api())
+    emulator = _emulator(request)
+    return _json(emulator.store.get_file(request.path_params["file_id"]).to_api(emulator.dialect))
 
 
 async def delete_file(request: Request) -> Response:
@@ -301,7 +336,8 @@ async def file_content(request: Request) -> Response:
 
 async def create_batch(request: Request) -> Response:
     emulator = _emulator(request)
-    params = validation.parse_create_batch(await _read_json(request))
+    endpoints = AZURE_ENDPOINTS if emulator.azure else ENDPOINTS
+    params = validation.parse_create_batch(await _read_json(request), endpoints)
     try:
         input_file = emulator.store.get_file(params.input_file_id)
     except APIError:
@@ -313,6 +349,8 @@ async def create_batch(request: Request) -> Response:
             " with purpose 'batch'.",
             param="input_file_id",
         )
+    if emulator.azure:
+        await _azure_admission(emulator, input_file, params.endpoint)
     now = time.time()
     window = scaled(DAY, emulator.settings)
     batch = BatchRecord(
@@ -330,18 +368,31 @@ async def create_batch(request: Request) -> Response:
     )
     emulator.store.add_batch(batch)
     emulator.runner.wake(batch.id)
-    return _json(batch.to_api())
+    return _json(batch.to_api(emulator.dialect))
+
+
+async def _azure_admission(emulator: Emulator, input_file: FileRecord, endpoint: str) -> None:
+    """What Azure refuses at create: a file not processed yet, and, in "fail fast" mode, a batch
+    over the enqueued-token quota (a 400 now rather than a batch ``failed`` in validating)."""
+    if input_file.status() != "processed":
+        raise file_not_processed(input_file.id, input_file.status())
+    if emulator.settings.azure.token_limit_fail_fast and emulator.settings.enqueued_token_limit:
+        report = await asyncio.to_thread(emulator.runner.read_input, input_file.id, endpoint)
+        if emulator.runner.over_token_limit(report):
+            raise azure_error(400, "token_limit_exceeded", emulator.runner.token_limit_message(report.model))
 
 
 async def list_batches(request: Request) -> Response:
-    page = _emulator(request).store.list_batches(
+    emulator = _emulator(request)
+    page = emulator.store.list_batches(
         after=request.query_params.get("after"), limit=_query_int(request, "limit", 20, 1, 100)
     )
-    return _json(page.to_api())
+    return _json(page.to_api(emulator.dialect))
 
 
 async def retrieve_batch(request: Request) -> Response:
-    return _json(_emulator(request).store.get_batch(request.path_params["batch_id"]).to_api())
+    emulator = _emulator(request)
+    return _json(emulator.store.get_batch(request.path_params["batch_id"]).to_api(emulator.dialect))
 
 
 async def cancel_batch(request: Request) -> Response:
@@ -357,7 +408,7 @@ async def cancel_batch(request: Request) -> Response:
 
     batch = emulator.store.update_batch(request.path_params["batch_id"], cancel)
     emulator.runner.wake(batch.id)
-    return _json(batch.to_api())
+    return _json(batch.to_api(emulator.dialect))
 
 
 async def sync_endpoint(request: Request) -> Response:
@@ -412,4 +463,4 @@ async def expire_batch(request: Request) -> Response:
 
     batch = emulator.store.update_batch(request.path_params["batch_id"], expire)
     emulator.runner.wake(batch.id)
-    return _json(batch.to_api())
+    return _json(batch.to_api(emulator.dialect))

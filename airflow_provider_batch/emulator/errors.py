@@ -2,7 +2,8 @@
 
 Every non-2xx response carries ``{"error": {"message", "type", "param", "code"}}``; the official
 SDK reads it into ``exc.body``, ``exc.code`` and ``exc.param``. Handlers raise :class:`APIError`
-and never build responses by hand, so the envelope cannot drift between routes.
+and never build responses by hand, so the envelope cannot drift between routes. The Azure dialect's
+own errors use Azure's shape, ``{"error": {"code", "message"}}`` (see ``azure.py``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 
 
 class APIError(Exception):
-    """An error the emulator answers with, in OpenAI's shape and with OpenAI's status code."""
+    """An error the emulator answers with, in OpenAI's shape (or Azure's, ``shape="azure"``) and
+    with the service's status code."""
 
     def __init__(
         self,
@@ -22,6 +24,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        shape: str = "openai",
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -30,8 +33,11 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.shape = shape
 
     def body(self) -> dict[str, Any]:
+        if self.shape == "azure":
+            return {"error": {"code": self.code, "message": self.message}}
         return error_body(self.message, type=self.type, param=self.param, code=self.code)
 
 

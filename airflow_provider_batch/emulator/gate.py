@@ -6,6 +6,10 @@ drop: the response starts, then the handler raises, and the server closes the so
 which clients see as a transport error (the openai SDK raises ``APIConnectionError`` and
 retries). ``drop_after`` runs the route first and loses only its response: the batch or file is
 created, the client never hears of it. That is the case idempotent submission has to survive.
+
+Under ``--dialect azure`` the gate also speaks Azure's front door (``azure.py``): it serves only
+``/openai/…`` and ``/openai/v1/…``, checks ``api-version`` and the ``api-key`` header, and hands
+the request on under the handlers' ``/v1/…`` path, which statistics and fault routes then name.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import logging
 import random
 import re
 import secrets
+import urllib.parse
 from collections import Counter
 from typing import Any
 
 import msgspec
 
+from airflow_provider_batch.emulator import azure
 from airflow_provider_batch.emulator.errors import APIError
 from airflow_provider_batch.emulator.settings import FaultSettings, Settings
 
@@ -50,10 +56,11 @@ def route_key(method: str, path: str) -> str:
 class Gate:
     """ASGI wrapper around the emulator app."""
 
-    def __init__(self, app: Any, settings: Settings, api_key: str | None) -> None:
+    def __init__(self, app: Any, settings: Settings, api_key: str | None, dialect: str = "openai") -> None:
         self.app = app
         self.settings = settings
         self.api_key = api_key
+        self.dialect = dialect
         self.calls: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
         self._dice = random.Random(settings.faults.seed)
@@ -76,13 +83,21 @@ class Gate:
             await send(message)
 
         path: str = scope["path"]
-        is_api = path.startswith(API_PREFIX)
-        if (is_api or path.startswith(ADMIN_PREFIX)) and path != ADMIN_PREFIX + "health":
+        if self.dialect == "azure" and not path.startswith(ADMIN_PREFIX):
+            resolved = self._azure_front_door(scope)
+            if isinstance(resolved, APIError):
+                await _send_error(send_with_id, resolved)
+                return
+            scope = resolved
+            path = scope["path"]
+        elif (
+            path.startswith(API_PREFIX) or path.startswith(ADMIN_PREFIX)
+        ) and path != ADMIN_PREFIX + "health":
             denied = self._authenticate(scope)
             if denied is not None:
                 await _send_error(send_with_id, denied)
                 return
-        if not is_api:
+        if not path.startswith(API_PREFIX):
             await self.app(scope, receive, send_with_id)
             return
 
@@ -101,7 +116,26 @@ class Gate:
         else:
             await _send_error(send_with_id, _fault_error(fault, self.faults.retry_after))
 
+    def _azure_front_door(self, scope: dict[str, Any]) -> dict[str, Any] | APIError:
+        """Resolve an Azure path, check its ``api-version`` and key; return the scope to hand on."""
+        resolved = azure.resolve(scope["path"])
+        if resolved is None:
+            return azure.resource_not_found()
+        path, v1 = resolved
+        versions = [
+            value.decode("latin-1")
+            for name, value in urllib.parse.parse_qsl(scope.get("query_string", b""), keep_blank_values=True)
+            if name == b"api-version"
+        ]
+        refused = azure.check_api_version(versions[-1] if versions else None, v1=v1)
+        if refused is None and self.api_key:
+            refused = azure.authenticate(dict(scope.get("headers", [])), self.api_key, bearer_too=v1)
+        if refused is not None:
+            return refused
+        return {**scope, "path": path, "raw_path": path.encode()}
+
     def _authenticate(self, scope: dict[str, Any]) -> APIError | None:
+        """OpenAI's ``Authorization: Bearer`` key; admin routes take it in either dialect."""
         if not self.api_key:
             return None
         headers = dict(scope.get("headers", []))

@@ -38,9 +38,14 @@ class EmulatorProcess:
         if not first_line.startswith("http"):
             self.stop()
             raise RuntimeError(f"the emulator did not start; see {self.data_dir / 'emulator.log'}")
-        self.base_url = first_line
-        """``http://127.0.0.1:PORT/v1``: what an OpenAI client takes as ``base_url``."""
+        # The first line ends in /v1 exactly in the openai dialect; under --dialect azure it is
+        # the azure_endpoint, http://127.0.0.1:PORT.
+        self.dialect = "openai" if first_line.endswith("/v1") else "azure"
         self.root_url = first_line.removesuffix("/v1")
+        """``http://127.0.0.1:PORT``: the admin routes' root, and Azure's ``azure_endpoint``."""
+        self.base_url = first_line if self.dialect == "openai" else f"{self.root_url}/openai/v1"
+        """What a plain OpenAI client takes as ``base_url``: ``http://127.0.0.1:PORT/v1``, or
+        Azure's v1 routes ``http://127.0.0.1:PORT/openai/v1``."""
 
     # lifecycle ------------------------------------------------------------------------------
 
@@ -69,15 +74,27 @@ class EmulatorProcess:
 
     # clients ----------------------------------------------------------------------------------
 
+    def client_options(self) -> dict[str, Any]:
+        """How a client of this dialect reaches the server: ``base_url`` for ``OpenAI``, or
+        ``azure_endpoint`` and ``api_version`` for ``AzureOpenAI`` (its classic routes)."""
+        from airflow_provider_batch.emulator.azure import DEFAULT_API_VERSION
+
+        if self.dialect == "azure":
+            return {"azure_endpoint": self.root_url, "api_version": DEFAULT_API_VERSION}
+        return {"base_url": self.base_url}
+
     def client(self, **options: Any) -> Any:
+        """An ``OpenAI`` client, or an ``AzureOpenAI`` one under the azure dialect."""
         import openai
 
-        return openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "emulator", **options)
+        cls = openai.AzureOpenAI if self.dialect == "azure" else openai.OpenAI
+        return cls(**self.client_options(), api_key=self.api_key or "emulator", **options)
 
     def async_client(self, **options: Any) -> Any:
         import openai
 
-        return openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key or "emulator", **options)
+        cls = openai.AsyncAzureOpenAI if self.dialect == "azure" else openai.AsyncOpenAI
+        return cls(**self.client_options(), api_key=self.api_key or "emulator", **options)
 
     # admin ------------------------------------------------------------------------------------
 

@@ -26,11 +26,12 @@ from typing import IO, Any
 
 import msgspec
 
+from airflow_provider_batch.emulator.azure import canonical_endpoint, token_limit_message
 from airflow_provider_batch.emulator.engines import Engine, usage_of
 from airflow_provider_batch.emulator.errors import APIError
 from airflow_provider_batch.emulator.settings import Settings
 from airflow_provider_batch.emulator.store import BatchRecord, FileRecord, Progress, Store, Usage
-from airflow_provider_batch.emulator.validation import validate_input_file
+from airflow_provider_batch.emulator.validation import FileReport, validate_input_file
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,11 @@ class BatchRunner:
     than after the delay (which a test may have made an hour long).
     """
 
-    def __init__(self, store: Store, engine: Engine, settings: Settings) -> None:
+    def __init__(self, store: Store, engine: Engine, settings: Settings, dialect: str = "openai") -> None:
         self.store = store
         self.engine = engine
         self.settings = settings
+        self.dialect = dialect
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._nudges: dict[str, asyncio.Event] = {}
 
@@ -176,17 +178,12 @@ class BatchRunner:
                 ),
             )
             return
-        report = await asyncio.to_thread(
-            validate_input_file, self.store.blob_path(input_file.id), batch.endpoint
-        )
+        report = await asyncio.to_thread(self.read_input, input_file.id, batch.endpoint)
         errors = report.errors
         if not errors and controls.fail_validation:
-            errors = [_forced_error(controls.fail_validation, report.model, self.settings)]
-        limit = self.settings.enqueued_token_limit
-        if not errors and limit and report.model:
-            queued = self.store.enqueued_tokens(report.model, excluding=batch.id)
-            if queued + report.estimated_tokens > limit:
-                errors = [_forced_error("token_limit_exceeded", report.model, self.settings)]
+            errors = [self._forced_error(controls.fail_validation, report.model)]
+        if not errors and self.over_token_limit(report, excluding=batch.id):
+            errors = [self._forced_error("token_limit_exceeded", report.model)]
 
         def settle(b: BatchRecord) -> None:
             if b.status != "validating":
@@ -200,6 +197,35 @@ class BatchRunner:
             b.enqueued_tokens = report.estimated_tokens
 
         self.store.update_batch(batch.id, settle)
+
+    def read_input(self, file_id: str, endpoint: str) -> FileReport:
+        """Validate an input file against ``endpoint`` (in either Azure form, under that dialect)."""
+        path = self.store.blob_path(file_id)
+        if self.dialect == "azure":
+            endpoint = canonical_endpoint(endpoint)
+            return validate_input_file(path, endpoint, lambda url, ep: canonical_endpoint(url) == ep)
+        return validate_input_file(path, endpoint)
+
+    def over_token_limit(self, report: FileReport, *, excluding: str = "") -> bool:
+        """Whether the batch ``report`` describes would take its model (Azure: deployment) over
+        ``enqueued_token_limit``, counting the unfinished batches other than ``excluding``."""
+        limit = self.settings.enqueued_token_limit
+        if not limit or not report.model:
+            return False
+        return self.store.enqueued_tokens(report.model, excluding=excluding) + report.estimated_tokens > limit
+
+    def token_limit_message(self, model: str | None) -> str:
+        limit = self.settings.enqueued_token_limit or 2_000_000
+        if self.dialect == "azure":
+            return token_limit_message(model, limit)
+        return TOKEN_LIMIT_MESSAGE.format(model=model, limit=limit)
+
+    def _forced_error(self, code: str, model: str | None) -> dict[str, Any]:
+        if code == "token_limit_exceeded":
+            message = self.token_limit_message(model)
+        else:
+            message = f"Validation failed with {code} (forced by emulator_fail_validation)."
+        return {"code": code, "message": message, "param": None, "line": None}
 
     # in_progress ---------------------------------------------------------------------------
 
@@ -222,7 +248,7 @@ class BatchRunner:
                 chunk = await asyncio.to_thread(self._read_chunk, batch, limit)
                 if chunk.lines:
                     responses = await self.engine.respond_many(
-                        batch.endpoint, [body for _, body in chunk.lines]
+                        canonical_endpoint(batch.endpoint), [body for _, body in chunk.lines]
                     )
                     if controls.line_delay and await self._nap(
                         batch.id, controls.line_delay * len(chunk.lines)
@@ -302,13 +328,14 @@ class BatchRunner:
                 ids[kind] = None
                 continue
             now = int(time.time())
-            ttl = scaled(batch.output_expires_after or DEFAULT_FILE_TTL, self.settings)
+            # Azure keeps result files without an expiry unless output_expires_after was given.
+            ttl = batch.output_expires_after or (None if self.dialect == "azure" else DEFAULT_FILE_TTL)
             self.store.add_file(
                 FileRecord(
                     id=file_id,
                     bytes=blob.stat().st_size,
                     created_at=now,
-                    expires_at=now + max(1, round(ttl)),
+                    expires_at=None if ttl is None else now + max(1, round(scaled(ttl, self.settings))),
                     filename=f"batch_{batch.id}_{kind}.jsonl",
                     purpose="batch_output",
                 )
@@ -397,7 +424,7 @@ class _PartialResults:
                 "error": None,
             }
             (ok if 200 <= status < 300 else failed).append(msgspec.json.encode(line))
-            usage.add(usage_of(self.batch.endpoint, status, body))
+            usage.add(usage_of(canonical_endpoint(self.batch.endpoint), status, body))
         return self._append(chunk, ok, failed, usage)
 
     def write_unrun(self, chunk: _Chunk, code: str, message: str) -> _Written:
@@ -450,11 +477,3 @@ def _start_finalizing(batch: BatchRecord) -> None:
 def _fail(batch: BatchRecord, code: str, message: str) -> None:
     batch.status, batch.failed_at = "failed", int(time.time())
     batch.errors = [{"code": code, "message": message, "param": None, "line": None}]
-
-
-def _forced_error(code: str, model: str | None, settings: Settings) -> dict[str, Any]:
-    if code == "token_limit_exceeded":
-        message = TOKEN_LIMIT_MESSAGE.format(model=model, limit=settings.enqueued_token_limit or 2_000_000)
-    else:
-        message = f"Validation failed with {code} (forced by emulator_fail_validation)."
-    return {"code": code, "message": message, "param": None, "line": None}

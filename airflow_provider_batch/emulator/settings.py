@@ -38,6 +38,23 @@ class FaultSettings:
 
 
 @dataclass
+class AzureSettings:
+    """Azure OpenAI's differences that tests tune; they act only under ``--dialect azure``."""
+
+    file_processing_delay: float = 0.5
+    """Seconds an upload stays ``pending`` before it is ``processed``; a batch cannot be created
+    on it before then (Azure processes uploads asynchronously)."""
+    max_files_without_expiry: int = 500
+    """Files without an expiry (uploads without ``expires_after``, result files without
+    ``output_expires_after``) the resource may hold; an upload over it is a 400 ``quotaExceeded``.
+    Result files count but are never refused."""
+    token_limit_fail_fast: bool = False
+    """Refuse a batch over ``enqueued_token_limit`` at create, with a synchronous 400
+    ``token_limit_exceeded``, as Azure's "fail fast" regions do, instead of failing it in
+    ``validating``."""
+
+
+@dataclass
 class Settings:
     """Runtime behaviour of the emulator. Durations are real seconds unless stated otherwise."""
 
@@ -55,6 +72,7 @@ class Settings:
     """Per-model cap on estimated prompt tokens of unfinished batches; a batch over it fails
     validation with ``token_limit_exceeded``, as OpenAI's does. 0 disables the check."""
     faults: FaultSettings = field(default_factory=FaultSettings)
+    azure: AzureSettings = field(default_factory=AzureSettings)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

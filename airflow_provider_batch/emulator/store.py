@@ -35,8 +35,13 @@ class FileRecord(msgspec.Struct, kw_only=True):
     filename: str
     purpose: str
     expires_at: int | None = None
+    processed_at: float = 0.0
+    """Real time from which the file is ``processed``; before it, ``pending`` (Azure only)."""
 
-    def to_api(self) -> dict[str, Any]:
+    def status(self) -> str:
+        return "processed" if time.time() >= self.processed_at else "pending"
+
+    def to_api(self, dialect: str = "openai") -> dict[str, Any]:
         return {
             "id": self.id,
             "object": "file",
@@ -45,7 +50,7 @@ class FileRecord(msgspec.Struct, kw_only=True):
             "expires_at": self.expires_at,
             "filename": self.filename,
             "purpose": self.purpose,
-            "status": "processed",
+            "status": self.status() if dialect == "azure" else "processed",
             "status_details": None,
         }
 
@@ -125,7 +130,9 @@ class BatchRecord(msgspec.Struct, kw_only=True):
     enqueued_tokens: int = 0
     progress: Progress = msgspec.field(default_factory=Progress)
 
-    def to_api(self) -> dict[str, Any]:
+    def to_api(self, dialect: str = "openai") -> dict[str, Any]:
+        # Azure sends "" rather than null for a result file that does not exist (yet).
+        no_file = "" if dialect == "azure" else None
         return {
             "id": self.id,
             "object": "batch",
@@ -135,8 +142,8 @@ class BatchRecord(msgspec.Struct, kw_only=True):
             "input_file_id": self.input_file_id,
             "completion_window": self.completion_window,
             "status": self.status,
-            "output_file_id": self.output_file_id,
-            "error_file_id": self.error_file_id,
+            "output_file_id": self.output_file_id or no_file,
+            "error_file_id": self.error_file_id or no_file,
             "created_at": self.created_at,
             "in_progress_at": self.in_progress_at,
             "expires_at": self.expires_at,
@@ -237,6 +244,10 @@ class Store:
             params.append(purpose)
         return self._page("files", FileRecord, where, params, after=after, limit=limit, ascending=ascending)
 
+    def count_files_without_expiry(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM files WHERE expires_at IS NULL").fetchone()[0])
+
     def delete_file(self, file_id: str) -> None:
         self.get_file(file_id)
         with self._transaction() as db:
@@ -332,10 +343,10 @@ class Page(msgspec.Struct):
     items: list[Any]
     has_more: bool
 
-    def to_api(self) -> dict[str, Any]:
+    def to_api(self, dialect: str = "openai") -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [item.to_api() for item in self.items],
+            "data": [item.to_api(dialect) for item in self.items],
             "first_id": self.items[0].id if self.items else None,
             "last_id": self.items[-1].id if self.items else None,
             "has_more": self.has_more,

@@ -8,6 +8,8 @@ and the parameter. The file is read once, line by line, so memory does not depen
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +49,10 @@ class CreateBatch:
     output_expires_after: int | None
 
 
-def parse_create_batch(payload: Any) -> CreateBatch:
-    """Check a ``POST /batches`` body the way OpenAI does, raising a 400 that names the parameter."""
+def parse_create_batch(payload: Any, endpoints: tuple[str, ...] = ENDPOINTS) -> CreateBatch:
+    """Check a ``POST /batches`` body the way OpenAI does, raising a 400 that names the parameter.
+
+    ``endpoints``: the accepted ``endpoint`` values (Azure takes each also without ``/v1``)."""
     if not isinstance(payload, dict):
         raise invalid("The request body must be a JSON object.")
     for name in payload:
@@ -56,9 +60,9 @@ def parse_create_batch(payload: Any) -> CreateBatch:
             raise invalid(f"Unrecognized request argument supplied: {name}", param=name)
     input_file_id = _required_string(payload, "input_file_id")
     endpoint = _required_string(payload, "endpoint")
-    if endpoint not in ENDPOINTS:
+    if endpoint not in endpoints:
         raise invalid(
-            f"Invalid value for 'endpoint': '{endpoint}'. Supported values are: {', '.join(ENDPOINTS)}.",
+            f"Invalid value for 'endpoint': '{endpoint}'. Supported values are: {', '.join(endpoints)}.",
             param="endpoint",
             code="invalid_value",
         )
@@ -196,8 +200,13 @@ class FileReport:
         return len(self.errors) >= MAX_REPORTED_ERRORS
 
 
-def validate_input_file(path: Path, endpoint: str) -> FileReport:
-    """Validate a batch input file in one streaming pass, as OpenAI does after ``POST /batches``."""
+def validate_input_file(
+    path: Path, endpoint: str, same_endpoint: Callable[[str, str], bool] = operator.eq
+) -> FileReport:
+    """Validate a batch input file in one streaming pass, as OpenAI does after ``POST /batches``.
+
+    ``same_endpoint(url, endpoint)`` decides ``url_mismatch``: equality for OpenAI; Azure also
+    matches ``/chat/completions`` with ``/v1/chat/completions``."""
     report = FileReport()
     seen: dict[str, int] = {}
     embedding_inputs = 0
@@ -215,7 +224,7 @@ def validate_input_file(path: Path, endpoint: str) -> FileReport:
                 )
             if report.full:
                 continue
-            line = _check_line(raw, number, endpoint, report)
+            line = _check_line(raw, number, endpoint, same_endpoint, report)
             if line is None:
                 continue
             custom_id, body = line
@@ -259,7 +268,9 @@ def validate_input_file(path: Path, endpoint: str) -> FileReport:
     return report
 
 
-def _check_line(raw: bytes, number: int, endpoint: str, report: FileReport) -> tuple[str, dict] | None:
+def _check_line(
+    raw: bytes, number: int, endpoint: str, same_endpoint: Callable[[str, str], bool], report: FileReport
+) -> tuple[str, dict] | None:
     """Check one line's JSON and fields; return ``(custom_id, body)`` when they are usable."""
     try:
         line = msgspec.json.decode(raw)
@@ -294,7 +305,7 @@ def _check_line(raw: bytes, number: int, endpoint: str, report: FileReport) -> t
             line=number,
             param="method",
         )
-    if line["url"] != endpoint:
+    if not same_endpoint(line["url"], endpoint):
         report.add(
             "url_mismatch",
             f"The url '{line['url']}' does not match the batch endpoint '{endpoint}'.",
