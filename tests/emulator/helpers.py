@@ -69,7 +69,8 @@ def jsonl(lines: Iterable[dict[str, Any] | str | bytes]) -> bytes:
 # Schema-checked clients and calls --------------------------------------------------------------
 
 ROUTE_SCHEMAS = [
-    (method, re.compile(f"/v1/{pattern}"), schema)
+    # OpenAI's /v1/... and the Azure dialect's /openai/... and /openai/v1/...
+    (method, re.compile(f"(?:/v1|/openai|/openai/v1)/{pattern}"), schema)
     for method, pattern, schema in (
         ("POST", "files", "OpenAIFile"),
         ("GET", "files", "ListFilesResponse"),
@@ -83,17 +84,22 @@ ROUTE_SCHEMAS = [
 ]
 
 
+def is_azure(response: Any) -> bool:
+    """Whether a response came from the Azure dialect's routes."""
+    return bool(response.request.url.path.startswith("/openai/"))
+
+
 def check_response(response: Any) -> None:
     """Check any emulator response: a request id; the body of a successful Files/Batches call
-    against its schema; every error body against OpenAI's envelope."""
+    against its schema; every error body against OpenAI's envelope (or Azure's, on its routes)."""
     assert response.headers.get("x-request-id", "").startswith("req_"), dict(response.headers)
     if response.status_code >= 400:
-        assert_error_envelope(response.json())
+        assert_error_envelope(response.json(), azure=is_azure(response))
         return
     path = response.request.url.path
     for method, pattern, schema in ROUTE_SCHEMAS:
         if response.request.method == method and pattern.fullmatch(path):
-            assert_schema(schema, response.json())
+            assert_schema(schema, response.json(), azure=is_azure(response))
 
 
 def _is_json(response: Any) -> bool:
@@ -113,14 +119,18 @@ async def _async_check_hook(response: Any) -> None:
         check_response(response)
 
 
-def sdk(server: Any, **options: Any) -> openai.OpenAI:
+def sdk(server: Any, *, plain: bool = False, **options: Any) -> openai.OpenAI:
     """The SDK client for ``server`` whose every JSON response goes through :func:`check_response`.
 
-    A failed check raises inside the SDK's transport, which reports it as ``APIConnectionError``
-    with the schema violation as its cause.
+    Under the azure dialect it is an ``AzureOpenAI`` client (classic routes, ``api-version``), or
+    with ``plain=True`` an ``OpenAI`` client on the v1 routes (``server.base_url``). A failed check
+    raises inside the SDK's transport, which reports it as ``APIConnectionError`` with the schema
+    violation as its cause.
     """
     options.setdefault("api_key", server.api_key or "emulator")
     http_client = openai.DefaultHttpxClient(event_hooks={"response": [_check_hook]})
+    if server.dialect == "azure" and not plain:
+        return openai.AzureOpenAI(**server.client_options(), http_client=http_client, **options)
     return openai.OpenAI(base_url=server.base_url, http_client=http_client, **options)
 
 
@@ -128,6 +138,8 @@ def async_sdk(server: Any, **options: Any) -> openai.AsyncOpenAI:
     """The async twin of :func:`sdk`."""
     options.setdefault("api_key", server.api_key or "emulator")
     http_client = openai.DefaultAsyncHttpxClient(event_hooks={"response": [_async_check_hook]})
+    if server.dialect == "azure":
+        return openai.AsyncAzureOpenAI(**server.client_options(), http_client=http_client, **options)
     return openai.AsyncOpenAI(base_url=server.base_url, http_client=http_client, **options)
 
 
@@ -135,7 +147,7 @@ def checked(raw: Any, schema: str) -> Any:
     """Validate a ``with_raw_response`` result's JSON against ``schema``; return the parsed object."""
     response: httpx.Response = raw.http_response
     assert response.headers.get("x-request-id", "").startswith("req_"), dict(response.headers)
-    assert_schema(schema, response.json())
+    assert_schema(schema, response.json(), azure=is_azure(response))
     return raw.parse()
 
 
@@ -344,3 +356,17 @@ def assert_error(
 
 def admin_url(server: Any, path: str) -> str:
     return f"{server.root_url}/_emulator/{path}"
+
+
+def assert_azure_error(response: httpx.Response, status: int, code: str, message: str | None = None) -> str:
+    """Check an error in Azure's own shape (``{"error": {"code", "message"}}``); return the message."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers.get("x-request-id", "").startswith("req_")
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] == code, body
+    if message is not None:
+        assert body["error"]["message"] == message, body
+    return str(body["error"]["message"])

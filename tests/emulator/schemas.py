@@ -14,6 +14,8 @@ The component schemas are used as published, with these documented adjustments:
 * **Stricter: completeness.** Every documented property must be present (possibly null) and no
   undocumented property may appear. The real API sends every field, and without this a misspelled
   optional field (``in_progess_at``) would pass silently because optional fields may be absent.
+* **Azure dialect** (``azure=True``): a file's ``status`` may also be ``pending`` (Azure processes
+  uploads asynchronously), and errors may use Azure's envelope ``{"error": {"code", "message"}}``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,25 @@ ERROR_ENVELOPE: dict[str, Any] = {
 }
 
 
+AZURE_ERROR_ENVELOPE: dict[str, Any] = {
+    # Azure's own error body (emulator/azure.py): a code and a message, nothing else.
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string", "minLength": 1},
+                "message": {"type": "string", "minLength": 1},
+            },
+            "required": ["code", "message"],
+            "additionalProperties": False,
+        }
+    },
+    "required": ["error"],
+    "additionalProperties": False,
+}
+
+
 def _adjust(node: Any) -> Any:
     """Apply the module docstring's adjustments to every object schema below ``node``."""
     if isinstance(node, list):
@@ -73,8 +94,10 @@ def _adjust(node: Any) -> Any:
 
 
 @functools.cache
-def _registry() -> Registry:
+def _registry(azure: bool) -> Registry:
     spec = yaml.safe_load(SPEC_PATH.read_text(encoding="utf-8"))
+    if azure:
+        spec["components"]["schemas"]["OpenAIFile"]["properties"]["status"]["enum"].append("pending")
     schemas = _adjust(copy.deepcopy(spec["components"]["schemas"]))
     files_page = schemas["ListFilesResponse"]
     for name in ("first_id", "last_id"):
@@ -89,23 +112,25 @@ def _registry() -> Registry:
 
 
 @functools.cache
-def _validator(name: str) -> jsonschema.Draft202012Validator:
+def _validator(name: str, azure: bool) -> jsonschema.Draft202012Validator:
     schema = {"$ref": f"{_SPEC_URI}#/components/schemas/{name}"}
-    return jsonschema.Draft202012Validator(schema, registry=_registry())
+    return jsonschema.Draft202012Validator(schema, registry=_registry(azure))
 
 
-def assert_schema(name: str, body: Any) -> Any:
+def assert_schema(name: str, body: Any, *, azure: bool = False) -> Any:
     """Fail with every violation listed unless ``body`` matches the (adjusted) schema ``name``."""
     assert name in RESPONSE_SCHEMAS, f"no schema check for {name!r}"
-    errors = sorted(_validator(name).iter_errors(body), key=lambda e: list(e.absolute_path))
+    errors = sorted(_validator(name, azure).iter_errors(body), key=lambda e: list(e.absolute_path))
     assert not errors, f"{name} schema violations:\n" + "\n".join(
         f"  at {'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in errors
     )
     return body
 
 
-def assert_error_envelope(body: Any) -> dict[str, Any]:
-    """Fail unless ``body`` is exactly ``{"error": {"message", "type", "param", "code"}}``."""
-    errors = list(jsonschema.Draft202012Validator(ERROR_ENVELOPE).iter_errors(body))
-    assert not errors, f"not OpenAI's error envelope: {body!r}: {[e.message for e in errors]}"
+def assert_error_envelope(body: Any, *, azure: bool = False) -> dict[str, Any]:
+    """Fail unless ``body`` is exactly ``{"error": {"message", "type", "param", "code"}}`` (or, with
+    ``azure``, Azure's ``{"error": {"code", "message"}}``)."""
+    envelopes = [ERROR_ENVELOPE, AZURE_ERROR_ENVELOPE] if azure else [ERROR_ENVELOPE]
+    errors = [list(jsonschema.Draft202012Validator(envelope).iter_errors(body)) for envelope in envelopes]
+    assert not all(errors), f"not an error envelope: {body!r}: {[e.message for e in errors[0]]}"
     return body["error"]
