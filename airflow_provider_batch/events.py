@@ -14,7 +14,9 @@ from typing import Any
 from airflow_provider_batch.exceptions import OpenAIBatchTriggerEventError
 from airflow_provider_batch.status import BatchSnapshot, Decision
 
-EVENT_SCHEMA_VERSION = 1
+EVENT_SCHEMA_VERSION = 2
+"""2: the batch's state is one nested object, :meth:`BatchSnapshot.to_dict` (1 had a few of its
+fields flat, the batch status as ``openai_status``; still read)."""
 EVENT_STATUSES = ("success", "failed", "expired", "cancelled", "timeout", "error")
 REASON_TO_STATUS = {
     "completed": "success",
@@ -25,42 +27,33 @@ REASON_TO_STATUS = {
     "polling_error": "error",
 }
 MAX_EVENT_ERRORS = 20
+"""``errors.data`` entries an event carries: a failed batch may list thousands of bad lines, and
+the event is stored in the metadata database."""
 
 
 def build_event(batch_id: str, decision: Decision, snapshot: BatchSnapshot | None) -> dict[str, Any]:
     """The payload for a finished wait; ``snapshot`` is the last good observation, if any."""
     if not decision.done or decision.reason is None:
         raise ValueError("an event is only built for a decision that ends the wait")
+    batch = None
+    if snapshot is not None:
+        batch = snapshot.to_dict()
+        batch["errors"] = batch["errors"][:MAX_EVENT_ERRORS]
     return {
         "schema_version": EVENT_SCHEMA_VERSION,
         "status": REASON_TO_STATUS[decision.reason],
         "termination_reason": decision.reason,
         "batch_id": batch_id,
-        "openai_status": snapshot.status if snapshot else None,
-        "request_counts": dict(snapshot.request_counts) if snapshot and snapshot.request_counts else None,
-        "output_file_id": snapshot.output_file_id if snapshot else None,
-        "error_file_id": snapshot.error_file_id if snapshot else None,
-        "errors": [dict(error) for error in snapshot.errors[:MAX_EVENT_ERRORS]] if snapshot else None,
-        "usage": snapshot.usage if snapshot else None,
-        "model": snapshot.model if snapshot else None,
-        "endpoint": snapshot.endpoint if snapshot else None,
         "message": decision.message,
+        "batch": batch,
     }
 
 
 def snapshot_from_event(event: dict[str, Any]) -> BatchSnapshot:
-    """The last observation an event carries, in the form the rest of the provider uses."""
-    return BatchSnapshot(
-        batch_id=event["batch_id"],
-        status=event.get("openai_status") or "",
-        request_counts=event.get("request_counts"),
-        output_file_id=event.get("output_file_id"),
-        error_file_id=event.get("error_file_id"),
-        errors=tuple(event.get("errors") or ()),
-        usage=event.get("usage"),
-        model=event.get("model"),
-        endpoint=event.get("endpoint"),
-    )
+    """The last observation an event carries (only the id when the wait never saw the batch)."""
+    if event["schema_version"] == 1:
+        return BatchSnapshot.from_dict({**event, "status": event.get("openai_status")})
+    return BatchSnapshot.from_dict(event.get("batch") or {"batch_id": event["batch_id"]})
 
 
 def validate_event(event: Any) -> dict[str, Any]:
@@ -81,4 +74,6 @@ def validate_event(event: Any) -> dict[str, Any]:
         )
     if not isinstance(event.get("batch_id"), str) or not event["batch_id"]:
         raise OpenAIBatchTriggerEventError("The trigger event has no batch_id.")
+    if version >= 2 and not isinstance(event.get("batch"), dict | None):
+        raise OpenAIBatchTriggerEventError("The trigger event's batch is not an object.")
     return event

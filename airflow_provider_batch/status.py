@@ -18,7 +18,7 @@ Recorded decisions:
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -56,21 +56,50 @@ def parse_status(raw: str | None) -> BatchStatus | None:
         return None
 
 
+TIMESTAMPS = (
+    "created_at",
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+    "expires_at",
+)
+"""The Batch object's timestamps (unix seconds): users measure queue and run time from them."""
+ERROR_FIELDS = ("code", "message", "line", "param")
+
+
 @dataclass(frozen=True)
 class BatchSnapshot:
-    """What one observation of a batch tells us, with falsy file ids normalised to ``None``
-    (Azure and some compatible servers send ``""``)."""
+    """What one observation of a batch tells us: the one definition of a batch's state that the
+    trigger event, the manifest and the sensor's saved wait are all made of (:meth:`to_dict`).
+
+    File ids are normalised to ``None`` when falsy (Azure and some compatible servers send
+    ``""``); timestamps are unix seconds as the API gives them, ``None`` until the step happens.
+    """
 
     batch_id: str
     status: str
-    request_counts: dict[str, int] | None = None
+    endpoint: str | None = None
+    model: str | None = None
+    input_file_id: str | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
-    errors: tuple[dict[str, Any], ...] = ()
+    request_counts: dict[str, int] | None = None
     usage: dict[str, Any] | None = None
-    model: str | None = None
-    endpoint: str | None = None
+    errors: tuple[dict[str, Any], ...] = ()
+    metadata: dict[str, str] | None = None
     created_at: int | None = None
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    expires_at: int | None = None
 
     @classmethod
     def from_api(cls, batch: dict[str, Any]) -> BatchSnapshot:
@@ -79,17 +108,33 @@ class BatchSnapshot:
         return cls(
             batch_id=batch["id"],
             status=str(batch.get("status") or "").lower(),
-            request_counts=batch.get("request_counts") or None,
+            endpoint=batch.get("endpoint") or None,
+            model=batch.get("model") or None,
+            input_file_id=batch.get("input_file_id") or None,
             output_file_id=batch.get("output_file_id") or None,
             error_file_id=batch.get("error_file_id") or None,
-            errors=tuple(
-                {key: error.get(key) for key in ("code", "message", "line", "param")} for error in errors
-            ),
+            request_counts=batch.get("request_counts") or None,
             usage=batch.get("usage") or None,
-            model=batch.get("model") or None,
-            endpoint=batch.get("endpoint") or None,
-            created_at=batch.get("created_at"),
+            errors=tuple({key: error.get(key) for key in ERROR_FIELDS} for error in errors),
+            metadata=batch.get("metadata") or None,
+            **{name: batch.get(name) for name in TIMESTAMPS},
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON, keyed by field name: what events, manifests and saved waits carry."""
+        data = {item.name: getattr(self, item.name) for item in fields(self)}
+        data["errors"] = [dict(error) for error in self.errors]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchSnapshot:
+        """The inverse of :meth:`to_dict`; keys this version does not know are ignored, so a
+        payload written by a newer version (one more field) still reads."""
+        known = {item.name for item in fields(cls)} & data.keys()
+        values = {name: data[name] for name in known}
+        values["errors"] = tuple(dict(error) for error in data.get("errors") or ())
+        values["status"] = str(data.get("status") or "")
+        return cls(**values)
 
     @property
     def known_status(self) -> BatchStatus | None:
@@ -205,16 +250,32 @@ class Step:
             logger.warning(self.warning)
 
 
+OBSERVATION_GRACE = 30.0
+"""Seconds an observation may run past the deadline before it counts as failed.
+
+Unbounded, an observation that starts near the deadline could last the connection's HTTP timeout
+plus the retry policy's total (15 minutes at the defaults), and Airflow's generic deferral
+timeout, set :data:`DEFER_GRACE` past the deadline, would fire first: the task would lose the
+batch's last state and never cancel it on timeout."""
+DEFER_GRACE = 60.0
+"""Seconds the Airflow deferral timeout exceeds the trigger's deadline (beyond the longest pause),
+so that the trigger's own ``timeout`` event, which carries the batch's last state, always wins.
+Larger than :data:`OBSERVATION_GRACE` by design."""
+
+
 @dataclass
 class Wait:
     """The state of one wait for a batch: poll count, consecutive failures, last good snapshot.
 
-    The trigger (async) and the hook's synchronous wait drive the same object, doing only the
-    I/O and the sleeping themselves, so the two paths cannot drift. A waiter pauses *before* each
-    observation: whoever starts a wait has just looked at the batch (the operator and the sensor
-    check once before deferring), so looking again at once would only cost a call, and a trigger
-    that fires within seconds of the deferral meets a known Airflow 3.3 scheduler race
-    (apache/airflow#67287) that fails the task.
+    The trigger (async), the hook's synchronous wait and the sensor's pokes drive the same object,
+    doing only the I/O and the sleeping themselves, so the paths cannot drift. A waiter pauses
+    *before* each observation: whoever starts a wait has just looked at the batch (the operator
+    and the sensor check once before deferring), so looking again at once would only cost a call,
+    and a trigger that fires within seconds of the deferral meets a known Airflow 3.3 scheduler
+    race (apache/airflow#67287) that fails the task.
+
+    A wait that outlives its process (a sensor in ``reschedule`` mode pokes from a new process
+    each time) carries itself over with :meth:`saved` and :meth:`restore`.
     """
 
     batch_id: str
@@ -224,13 +285,18 @@ class Wait:
     failures: int = 0
     polls: int = 0
     last: BatchSnapshot | None = None
-    _unknown_reported: bool = False
+    unknown_reported: bool = False
 
     def pause(self, now: float) -> float:
         """Seconds to wait before the next observation; never past the deadline."""
         seconds = max(0.0, min(self.schedule.interval(self.polls), self.end_time - now))
         self.polls += 1
         return seconds
+
+    def observation_budget(self, now: float) -> float:
+        """Seconds the observation starting at ``now`` may take: as long as it needs well before
+        the deadline, but never more than :data:`OBSERVATION_GRACE` past it."""
+        return max(0.0, self.end_time - now) + OBSERVATION_GRACE
 
     def observe(self, observed: BatchSnapshot | PollFailure, now: float) -> Step:
         progress = warning = None
@@ -244,8 +310,8 @@ class Wait:
         self.failures = decision.failures
         if decision.done:
             return Step(decision, progress)
-        if decision.unknown_status and not self._unknown_reported:
-            self._unknown_reported = True
+        if decision.unknown_status and not self.unknown_reported:
+            self.unknown_reported = True
             warning = (
                 f"Batch {self.batch_id} has status {decision.unknown_status!r}, unknown to this provider;"
                 " still waiting until it ends or the deadline passes."
@@ -253,6 +319,25 @@ class Wait:
         elif isinstance(observed, PollFailure):
             warning = f"Batch {self.batch_id}: {decision.message} ({self.failures}/{self.max_failures})"
         return Step(decision, progress, warning)
+
+    def saved(self) -> dict[str, Any]:
+        """The part of the wait that must survive a new process: JSON for a state store."""
+        return {
+            "batch_id": self.batch_id,
+            "failures": self.failures,
+            "polls": self.polls,
+            "unknown_reported": self.unknown_reported,
+            "last": self.last.to_dict() if self.last else None,
+        }
+
+    def restore(self, saved: dict[str, Any] | None) -> None:
+        """Continue a wait from :meth:`saved`; a record of another batch (or none) starts afresh."""
+        if not saved or saved.get("batch_id") != self.batch_id:
+            return
+        self.failures = int(saved.get("failures") or 0)
+        self.polls = int(saved.get("polls") or 0)
+        self.unknown_reported = bool(saved.get("unknown_reported"))
+        self.last = BatchSnapshot.from_dict(saved["last"]) if saved.get("last") else None
 
 
 Outcome = Literal["success", "too_many_failed_lines"]

@@ -35,12 +35,24 @@ MANIFEST_KEYS = frozenset(
     {
         "batch_id",
         "status",
+        "endpoint",
+        "model",
+        "input_file_id",
         "output_file_id",
         "error_file_id",
         "request_counts",
         "usage",
-        "model",
-        "endpoint",
+        "errors",
+        "metadata",
+        "created_at",
+        "in_progress_at",
+        "finalizing_at",
+        "completed_at",
+        "failed_at",
+        "expired_at",
+        "cancelling_at",
+        "cancelled_at",
+        "expires_at",
     }
 )
 """The keys of the manifest the operator and the sensor hand downstream (before results are landed)."""
@@ -159,25 +171,32 @@ def make_context(
     return cast("Context", context)
 
 
-def event(**overrides: Any) -> dict[str, Any]:
-    """A complete, valid schema-1 trigger event payload of a completed batch, with overrides."""
-    payload: dict[str, Any] = {
-        "schema_version": 1,
-        "status": "success",
-        "termination_reason": "completed",
+def event(termination_reason: str = "completed", **batch: Any) -> dict[str, Any]:
+    """A valid trigger event payload (schema 2) ending for ``termination_reason``; ``batch``
+    overrides fields of the completed batch it carries."""
+    from airflow_provider_batch.events import REASON_TO_STATUS
+
+    state: dict[str, Any] = {
         "batch_id": "batch_unit",
-        "openai_status": "completed",
-        "request_counts": {"total": 4, "completed": 4, "failed": 0},
-        "output_file_id": "file-out",
-        "error_file_id": None,
-        "errors": None,
-        "usage": {"input_tokens": 4, "output_tokens": 8, "total_tokens": 12},
-        "model": MODEL,
+        "status": "completed",
         "endpoint": CHAT,
-        "message": "Batch batch_unit is completed.",
+        "model": MODEL,
+        "input_file_id": "file-in",
+        "output_file_id": "file-out",
+        "request_counts": {"total": 4, "completed": 4, "failed": 0},
+        "usage": {"input_tokens": 4, "output_tokens": 8, "total_tokens": 12},
+        "errors": [],
+        "created_at": 1_700_000_000,
+        **batch,
     }
-    payload.update(overrides)
-    return payload
+    return {
+        "schema_version": 2,
+        "status": REASON_TO_STATUS[termination_reason],
+        "termination_reason": termination_reason,
+        "batch_id": state["batch_id"],
+        "message": f"Batch {state['batch_id']} ended ({termination_reason}).",
+        "batch": state,
+    }
 
 
 # Airflow's metadata database --------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from airflow_provider_batch.exceptions import (
     OpenAIBatchFailed,
     OpenAIBatchInvalidInput,
     OpenAIBatchPartialFailure,
+    OpenAIBatchPollingError,
 )
 from tests.batch_testing import (
     MANIFEST_KEYS,
@@ -358,3 +359,25 @@ def test_sensor_soft_fail_in_both_modes_and_trigger_timeout(
     assert emulator.client().batches.retrieve(slow_id).status not in {"cancelling", "cancelled"}
     failing_id = xcoms_of(run.run_id, "submit_failing")["batch_id"]
     assert emulator.client().batches.retrieve(failing_id).status == "failed"
+
+
+@pytest.mark.skipif(not HAS_TASK_STATE_STORE, reason="the count is carried in the task state store (3.3+)")
+def test_reschedule_sensor_counts_failed_pokes_across_reschedules(
+    dags: ModuleType, private: EmulatorProcess
+) -> None:
+    # Every status call fails (no client-side retries on this connection): each poke is one
+    # failed observation, made by a new run of the task.
+    private.configure(faults={"rate": 1.0, "kinds": "503", "routes": r"^GET /v1/batches/\{id\}$"})
+    started = time.monotonic()
+
+    run = dags.sensor_reschedule_dag.test()
+
+    assert states(run) == {"reschedule_poke": "failed"}
+    failure = dags.FAILURES[("batch_sensor_reschedule", "reschedule_poke")]
+    assert type(failure) is OpenAIBatchPollingError, failure
+    assert "3 times in a row" in str(failure)
+    assert route_count(private, "GET /v1/batches/{id}") == 3, "one observation per poke, three pokes"
+    assert time.monotonic() - started < 30, "ended by the failure budget, long before the 60 s timeout"
+    assert "openai_batch_sensor_wait" not in state_store_of(
+        "batch_sensor_reschedule", run.run_id, "reschedule_poke"
+    )

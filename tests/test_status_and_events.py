@@ -3,6 +3,7 @@ the exception table. Plain values in, plain values out."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -24,7 +25,9 @@ from airflow_provider_batch.exceptions import (
     OpenAIBatchTriggerEventError,
 )
 from airflow_provider_batch.status import (
+    DEFER_GRACE,
     IN_PROGRESS,
+    OBSERVATION_GRACE,
     TERMINAL,
     BatchSnapshot,
     BatchStatus,
@@ -132,6 +135,40 @@ def test_wait_never_sleeps_past_the_deadline() -> None:
     assert wait.pause(NOW + 5) == 0
 
 
+def test_an_observation_may_run_past_the_deadline_only_by_the_grace() -> None:
+    wait = Wait("batch_1", end_time=NOW + 100)
+    assert wait.observation_budget(NOW) == 100 + OBSERVATION_GRACE
+    assert wait.observation_budget(NOW + 100) == OBSERVATION_GRACE
+    assert wait.observation_budget(NOW + 500) == OBSERVATION_GRACE
+    # Airflow's deferral timeout fires DEFER_GRACE (plus the longest pause) past the deadline:
+    # whatever an observation started before it, the trigger's own event comes first.
+    assert OBSERVATION_GRACE < DEFER_GRACE
+
+
+def test_a_saved_wait_carries_its_failures_warnings_and_last_state_over() -> None:
+    first = Wait("batch_1", end_time=float("inf"), max_failures=3)
+    first.observe(snapshot("in_progress", request_counts={"total": 2, "completed": 1, "failed": 0}), NOW)
+    first.observe(snapshot("paused"), NOW)
+    first.observe(PollFailure(True, "HTTP 503: busy", 503), NOW)
+    saved = json.loads(json.dumps(first.saved()))
+
+    second = Wait("batch_1", end_time=float("inf"), max_failures=3)
+    second.restore(saved)
+    second.observe(PollFailure(True, "HTTP 503: busy", 503), NOW)
+    ended = second.observe(PollFailure(True, "HTTP 503: busy", 503), NOW)
+    assert (ended.decision.done, ended.decision.reason) == (True, "polling_error")
+    assert second.last is not None
+    assert second.last.status == "paused"
+
+    third = Wait("batch_1", end_time=float("inf"))
+    third.restore(saved)
+    assert third.observe(snapshot("paused"), NOW).warning is None  # reported once, by the first
+
+    other = Wait("batch_2", end_time=float("inf"))
+    other.restore(saved)
+    assert (other.failures, other.last, other.unknown_reported) == (0, None, False)
+
+
 def test_default_schedule_costs_at_most_300_status_calls_over_24_hours() -> None:
     schedule = PollSchedule(rng=random.Random(7))
     elapsed, calls = 0.0, 0
@@ -170,6 +207,53 @@ def test_snapshot_normalises_empty_file_ids_and_keeps_errors() -> None:
     assert shot.errors == ({"code": "invalid_json_line", "message": "bad", "line": 3, "param": None},)
 
 
+API_BATCH = {
+    "id": "batch_1",
+    "object": "batch",
+    "endpoint": "/v1/embeddings",
+    "model": "text-embedding-3-small",
+    "status": "completed",
+    "input_file_id": "file-in",
+    "output_file_id": "file-out",
+    "error_file_id": "",
+    "completion_window": "24h",
+    "request_counts": {"total": 2, "completed": 2, "failed": 0},
+    "usage": {"input_tokens": 7, "output_tokens": 0, "total_tokens": 7},
+    "errors": None,
+    "metadata": {"airflow_dag_id": "d", "team": "search"},
+    "created_at": 1_700_000_000,
+    "in_progress_at": 1_700_000_030,
+    "finalizing_at": 1_700_000_600,
+    "completed_at": 1_700_000_660,
+    "failed_at": None,
+    "expired_at": None,
+    "cancelling_at": None,
+    "cancelled_at": None,
+    "expires_at": 1_700_086_400,
+}
+
+
+def test_snapshot_keeps_the_batch_ids_metadata_and_every_timestamp() -> None:
+    shot = BatchSnapshot.from_api(API_BATCH)
+    assert shot.input_file_id == "file-in"
+    assert shot.metadata == {"airflow_dag_id": "d", "team": "search"}
+    assert (shot.created_at, shot.in_progress_at, shot.finalizing_at, shot.completed_at) == (
+        1_700_000_000,
+        1_700_000_030,
+        1_700_000_600,
+        1_700_000_660,
+    )
+    assert shot.expires_at == 1_700_086_400
+    assert (shot.failed_at, shot.expired_at, shot.cancelling_at, shot.cancelled_at) == (None,) * 4
+
+
+def test_snapshot_round_trips_through_json_and_ignores_unknown_keys() -> None:
+    shot = BatchSnapshot.from_api({**API_BATCH, "errors": {"data": [{"code": "x", "message": "y"}]}})
+    data = json.loads(json.dumps(shot.to_dict()))
+    assert BatchSnapshot.from_dict(data) == shot
+    assert BatchSnapshot.from_dict({**data, "added_later": 1}) == shot
+
+
 # events ----------------------------------------------------------------------------------------------
 
 
@@ -193,6 +277,58 @@ def test_event_is_plain_json_with_the_documented_keys() -> None:
         "status": "success",
         "termination_reason": "completed",
         "batch_id": "batch_1",
+        "message": "Batch batch_1 is completed.",
+        "batch": {
+            "batch_id": "batch_1",
+            "status": "completed",
+            "endpoint": "/v1/chat/completions",
+            "model": "gpt-4o-mini",
+            "input_file_id": None,
+            "output_file_id": "file-out",
+            "error_file_id": None,
+            "request_counts": {"total": 2, "completed": 2, "failed": 0},
+            "usage": {"total_tokens": 9},
+            "errors": [],
+            "metadata": None,
+            "created_at": None,
+            "in_progress_at": None,
+            "finalizing_at": None,
+            "completed_at": None,
+            "failed_at": None,
+            "expired_at": None,
+            "cancelling_at": None,
+            "cancelled_at": None,
+            "expires_at": None,
+        },
+    }
+    assert json.loads(json.dumps(event)) == event
+    assert validate_event(event) is event
+    assert snapshot_from_event(event).output_file_id == "file-out"
+
+
+def test_an_event_without_an_observation_still_names_its_batch() -> None:
+    failure = PollFailure(retryable=False, message="HTTP 404: no such batch", http_status=404)
+    decision = decide(failure, now=NOW, end_time=NOW + 1, failures=0, max_failures=5)
+    event = build_event("batch_1", decision, None)
+    assert event["batch"] is None
+    assert snapshot_from_event(validate_event(event)) == BatchSnapshot(batch_id="batch_1", status="")
+
+
+def test_an_event_carries_at_most_twenty_batch_errors() -> None:
+    errors = tuple({"code": "invalid_json_line", "message": "x", "line": n, "param": None} for n in range(50))
+    decision = decide(
+        snapshot("failed", errors=errors), now=NOW, end_time=NOW + 1, failures=0, max_failures=5
+    )
+    event = build_event("batch_1", decision, snapshot("failed", errors=errors))
+    assert [error["line"] for error in event["batch"]["errors"]] == list(range(20))
+
+
+def test_schema_1_events_of_an_older_triggerer_still_read() -> None:
+    written_by_0_1 = {
+        "schema_version": 1,
+        "status": "success",
+        "termination_reason": "completed",
+        "batch_id": "batch_1",
         "openai_status": "completed",
         "request_counts": {"total": 2, "completed": 2, "failed": 0},
         "output_file_id": "file-out",
@@ -203,8 +339,9 @@ def test_event_is_plain_json_with_the_documented_keys() -> None:
         "endpoint": "/v1/chat/completions",
         "message": "Batch batch_1 is completed.",
     }
-    assert validate_event(event) is event
-    assert snapshot_from_event(event).output_file_id == "file-out"
+    batch = snapshot_from_event(validate_event(written_by_0_1))
+    assert (batch.batch_id, batch.status, batch.output_file_id) == ("batch_1", "completed", "file-out")
+    assert batch.request_counts == {"total": 2, "completed": 2, "failed": 0}
 
 
 def test_an_unfinished_decision_makes_no_event() -> None:
@@ -223,6 +360,7 @@ def test_an_unfinished_decision_makes_no_event() -> None:
         ({**finished(), "status": "succeeded"}, "Unknown trigger event status"),
         ({**finished(), "termination_reason": "magic"}, "termination_reason"),
         ({**finished(), "batch_id": ""}, "no batch_id"),
+        ({**finished(), "batch": ["completed"]}, "not an object"),
     ],
 )
 def test_untrustworthy_events_are_rejected(event: object, complaint: str) -> None:

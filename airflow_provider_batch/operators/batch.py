@@ -268,9 +268,10 @@ class OpenAIBatchOperator(BaseOperator):
     def _reattach(self, context: Context, key: str) -> BatchSnapshot | None:
         """The batch an earlier try of this task created for the same input, if it is worth keeping."""
         store = context.get("task_state_store")
+        stored_id = store.get(STATE_BATCH_ID) if store is not None else None
         snapshot = None
-        if store is not None and store.get(STATE_BATCH_ID) and store.get(STATE_SUBMISSION_KEY) == key:
-            observed = self.hook.poll_batch(store.get(STATE_BATCH_ID))
+        if store is not None and isinstance(stored_id, str) and store.get(STATE_SUBMISSION_KEY) == key:
+            observed = self.hook.poll_batch(stored_id)
             # A stored batch that is gone (deleted, another project) is no reason to fail every retry.
             snapshot = observed if isinstance(observed, BatchSnapshot) else None
         if snapshot is None:
@@ -346,83 +347,74 @@ def finish_batch(
     Partial results of an expired or cancelled batch are landed *before* the error is raised, so
     paid-for output is never thrown away.
     """
-    batch_id = event["batch_id"]
+    batch = snapshot_from_event(event)
     reason = event["termination_reason"]
     ti = context["ti"]
-    ti.xcom_push(key=XCOM_BATCH_ID, value=batch_id)
-    ti.xcom_push(key=XCOM_OUTPUT_FILE_ID, value=event.get("output_file_id"))
-    ti.xcom_push(key=XCOM_ERROR_FILE_ID, value=event.get("error_file_id"))
+    ti.xcom_push(key=XCOM_BATCH_ID, value=batch.batch_id)
+    ti.xcom_push(key=XCOM_OUTPUT_FILE_ID, value=batch.output_file_id)
+    ti.xcom_push(key=XCOM_ERROR_FILE_ID, value=batch.error_file_id)
     landed = None
-    if output_path is not None and (event.get("output_file_id") or event.get("error_file_id")):
-        landed = land_results(hook, event, output_path)
-    result = manifest(snapshot_from_event(event), landed=landed)
+    if output_path is not None and (batch.output_file_id or batch.error_file_id):
+        landed = land_results(hook, batch, output_path)
+    result = manifest(batch, landed=landed)
 
     if reason != "completed":
         error = REASON_TO_EXCEPTION[reason]
-        message = f"Batch {batch_id} ended: {event.get('message') or reason}"
+        message = f"Batch {batch.batch_id} ended: {event.get('message') or reason}"
         if error is OpenAIBatchFailed:
-            raise OpenAIBatchFailed(message, batch_id=batch_id, errors=event.get("errors") or ())
+            raise OpenAIBatchFailed(message, batch_id=batch.batch_id, errors=batch.errors)
         if error is OpenAIBatchExpired:
             raise OpenAIBatchExpired(
-                f"{message} Finished lines are in output file {event.get('output_file_id')}.",
-                batch_id=batch_id,
-                output_file_id=event.get("output_file_id"),
+                f"{message} Finished lines are in output file {batch.output_file_id}.",
+                batch_id=batch.batch_id,
+                output_file_id=batch.output_file_id,
             )
-        raise error(message, batch_id=batch_id)
-    if classify_completion(event.get("request_counts"), max_failed_fraction) == "too_many_failed_lines":
-        counts = event.get("request_counts") or {}
+        raise error(message, batch_id=batch.batch_id)
+    if classify_completion(batch.request_counts, max_failed_fraction) == "too_many_failed_lines":
+        counts = batch.request_counts or {}
         raise OpenAIBatchPartialFailure(
-            f"Batch {batch_id} completed, but {counts.get('failed')} of {counts.get('total')} lines failed"
-            f" (more than max_failed_fraction={max_failed_fraction});"
-            f" see error file {event.get('error_file_id')}.",
-            batch_id=batch_id,
+            f"Batch {batch.batch_id} completed, but {counts.get('failed')} of {counts.get('total')} lines"
+            f" failed (more than max_failed_fraction={max_failed_fraction});"
+            f" see error file {batch.error_file_id}.",
+            batch_id=batch.batch_id,
         )
     for outlet in outlets:
         if isinstance(outlet, Asset):
             context["outlet_events"][outlet].extra.update(
-                {"batch_id": batch_id, "output_file_id": event.get("output_file_id")}
+                {"batch_id": batch.batch_id, "output_file_id": batch.output_file_id}
             )
     return result
 
 
 def manifest(batch: BatchSnapshot, *, landed: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The small, JSON-only result of the task: ids, counts, usage, and where landed results are.
-    Results themselves never go into XCom."""
-    return {
-        "batch_id": batch.batch_id,
-        "status": batch.status,
-        "output_file_id": batch.output_file_id,
-        "error_file_id": batch.error_file_id,
-        "request_counts": batch.request_counts,
-        "usage": batch.usage,
-        "model": batch.model,
-        "endpoint": batch.endpoint,
-        **(landed or {}),
-    }
+    """The small, JSON-only result of the task: the batch's state as the API last reported it
+    (ids, counts, usage, metadata, every timestamp), and where landed results are. Results
+    themselves never go into XCom."""
+    return {**batch.to_dict(), **(landed or {})}
 
 
-def land_results(hook: OpenAIBatchHook, event: dict[str, Any], output_path: Any) -> dict[str, Any]:
+def land_results(hook: OpenAIBatchHook, batch: BatchSnapshot, output_path: Any) -> dict[str, Any]:
     """Download the result files and the input, and write the input-ordered join to ``output_path``."""
-    batch = hook.get_batch(event["batch_id"])
     destination = as_path(output_path)
     destination.parent.mkdir(parents=True, exist_ok=True)
+    input_file_id = batch.input_file_id or hook.get_batch(batch.batch_id).input_file_id  # schema-1 events
     with tempfile.TemporaryDirectory(prefix="openai-batch-results-") as workdir:
-        local = Path(workdir)
-        files: dict[str, Path | None] = {}
-        for name, file_id in (
-            ("input", batch.input_file_id),
-            ("output", event.get("output_file_id")),
-            ("error", event.get("error_file_id")),
-        ):
-            files[name] = None
-            if file_id:
-                files[name] = local / f"{name}.jsonl"
-                hook.download_file(file_id, files[name])
+
+        def download(name: str, file_id: str | None) -> Path | None:
+            if not file_id:
+                return None
+            local = Path(workdir) / f"{name}.jsonl"
+            hook.download_file(file_id, local)
+            return local
+
+        input_file = download("input", input_file_id)
+        if input_file is None:
+            raise ValueError(f"Batch {batch.batch_id} names no input file to join its results to.")
         summary = write_joined(
-            input_file=files["input"],
+            input_file=input_file,
             destination=destination,
-            output_file=files["output"],
-            error_file=files["error"],
+            output_file=download("output", batch.output_file_id),
+            error_file=download("error", batch.error_file_id),
         )
     return {"results_uri": str(destination), "results_summary": summary.to_dict()}
 

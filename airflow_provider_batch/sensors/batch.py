@@ -1,10 +1,10 @@
 """``OpenAIBatchSensor``: wait for a batch that was submitted elsewhere (another task, another
 system, ``OpenAIBatchOperator(wait_for_completion=False)``).
 
-It submits nothing and cancels nothing, so it is safe to retry and to clear. It observes and
-decides exactly as the operator does (:func:`~airflow_provider_batch.status.decide`), defers to
-the same trigger, and finishes through the same :func:`finish_batch`, so it returns the same
-manifest and raises the same errors.
+It submits nothing and cancels nothing, so it is safe to retry and to clear. Its pokes drive the
+same :class:`~airflow_provider_batch.status.Wait` as the trigger and the operator's synchronous
+wait, it defers to the same trigger, and it finishes through the same :func:`finish_batch`, so it
+returns the same manifest and raises the same errors.
 """
 
 from __future__ import annotations
@@ -22,11 +22,14 @@ from airflow_provider_batch.exceptions import OpenAIBatchError
 from airflow_provider_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink
 from airflow_provider_batch.operators.batch import DEFER_METHOD_NAME, finish_batch
-from airflow_provider_batch.status import PollFailure, decide
+from airflow_provider_batch.status import Wait
 from airflow_provider_batch.triggers.batch import OpenAIBatchTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+STATE_WAIT = "openai_batch_sensor_wait"
+"""Task state store key of the wait a ``reschedule``-mode sensor carries from poke to poke."""
 
 
 class OpenAIBatchSensor(BaseSensorOperator):
@@ -67,7 +70,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         self.output_path = output_path
         self.max_poll_interval = max(max_poll_interval, self.poke_interval)
         self.max_consecutive_failures = max_consecutive_failures
-        self._failures = 0
+        self._poke_wait: Wait | None = None
 
     @property
     def hook(self) -> OpenAIBatchHook:
@@ -80,7 +83,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         if not self.deferrable:
             return super().execute(context)
         done = self.poke(context)
-        if done:
+        if isinstance(done, PokeReturnValue):
             return done.xcom_value
         trigger = OpenAIBatchTrigger(
             conn_id=self.conn_id,
@@ -94,24 +97,20 @@ class OpenAIBatchSensor(BaseSensorOperator):
         self.defer(trigger=trigger, method_name=DEFER_METHOD_NAME, timeout=trigger.defer_timeout())
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
-        observed = self.hook.poll_batch(self.batch_id)
-        decision = decide(
-            observed,
-            now=time.time(),
-            end_time=float("inf"),  # the sensor's own timeout bounds the wait in poke mode
-            failures=self._failures,
-            max_failures=self.max_consecutive_failures,
-        )
-        self._failures = decision.failures
-        if not decision.done:
-            if isinstance(observed, PollFailure):
-                self.log.warning("Batch %s: %s", self.batch_id, decision.message)
-            else:
-                self.log.info("Batch %s %s", self.batch_id, observed.progress())
+        wait = self._wait(context)
+        step = wait.observe(self.hook.poll_batch(self.batch_id), now=time.time())
+        step.log_to(self.log)
+        if not step.decision.done:
+            self._keep(context, wait)
+            if wait.failures and self.reschedule and context.get("task_state_store") is None:
+                self.log.warning(
+                    "Failed pokes are not counted across reschedules before Airflow 3.3 (no task state"
+                    " store): max_consecutive_failures cannot end this wait; its timeout will."
+                )
             return False
-        snapshot = None if isinstance(observed, PollFailure) else observed
+        self._keep(context, None)
         try:
-            manifest = self._finish(context, build_event(self.batch_id, decision, snapshot))
+            manifest = self._finish(context, build_event(self.batch_id, step.decision, wait.last))
         except OpenAIBatchError as exc:
             # Airflow applies soft_fail to every error of a resumed (deferred) sensor but only to
             # timeouts in poke mode; skipping here makes both modes treat a bad batch the same.
@@ -119,6 +118,34 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 raise AirflowSkipException(f"Skipped (soft_fail): {exc}") from exc
             raise
         return PokeReturnValue(True, manifest)
+
+    def _wait(self, context: Context) -> Wait:
+        """The wait the pokes drive, carried over between pokes so that the failure count and the
+        one-time warnings hold across them.
+
+        In ``poke`` mode one instance makes every poke. In ``reschedule`` mode each poke is a new
+        process, so the wait is saved in the task state store (Airflow 3.3+) under the try
+        number: a new try starts afresh. Before 3.3 there is no store, and failed pokes in
+        ``reschedule`` mode are bounded by the sensor's ``timeout`` alone.
+        """
+        if self._poke_wait is None:
+            # The sensor's own timeout bounds the wait in poke and reschedule mode.
+            self._poke_wait = Wait(self.batch_id, float("inf"), max_failures=self.max_consecutive_failures)
+            store = context.get("task_state_store") if self.reschedule else None
+            saved = store.get(STATE_WAIT) if store is not None else None
+            if isinstance(saved, dict) and saved.get("try_number") == context["ti"].try_number:
+                self._poke_wait.restore(saved)
+        return self._poke_wait
+
+    def _keep(self, context: Context, wait: Wait | None) -> None:
+        """Save the wait for the next poke of a rescheduled sensor (or drop it when done)."""
+        store = context.get("task_state_store") if self.reschedule else None
+        if store is None:
+            return
+        if wait is None:
+            store.delete(STATE_WAIT)
+        else:
+            store.set(STATE_WAIT, {**wait.saved(), "try_number": context["ti"].try_number})
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None, **_: Any) -> Any:
         event = validate_event(event)

@@ -24,16 +24,12 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_batch.events import build_event
-from airflow_provider_batch.status import PollSchedule, Wait
+from airflow_provider_batch.status import DEFER_GRACE, BatchSnapshot, PollFailure, PollSchedule, Wait
 
 if TYPE_CHECKING:
     from airflow_provider_batch.hooks.batch import OpenAIBatchHook
 
 HOOK_MODULE = "airflow_provider_batch.hooks.batch"
-
-DEFER_GRACE = 60.0
-"""Seconds the Airflow deferral timeout exceeds the trigger's deadline, so the trigger's clean
-``timeout`` event wins over Airflow's generic one."""
 
 ON_KILL_CANCEL_TIMEOUT = 20.0
 """Seconds allowed for the cancel call in ``on_kill``: below the triggerer's ``on_kill_timeout``
@@ -125,11 +121,22 @@ class OpenAIBatchTrigger(BaseTrigger):
         async with hook.async_client():
             while True:
                 await asyncio.sleep(wait.pause(time.time()))
-                step = wait.observe(await hook.apoll_batch(self.batch_id), now=time.time())
+                step = wait.observe(await self._observe(hook, wait), now=time.time())
                 step.log_to(self.log)
                 if step.decision.done:
                     yield TriggerEvent(build_event(self.batch_id, step.decision, wait.last))
                     return
+
+    async def _observe(self, hook: OpenAIBatchHook, wait: Wait) -> BatchSnapshot | PollFailure:
+        """One observation, cut short by the wait's budget so that this trigger's deadline event
+        always comes before Airflow's deferral timeout (see ``OBSERVATION_GRACE``)."""
+        budget = wait.observation_budget(time.time())
+        try:
+            return await asyncio.wait_for(hook.apoll_batch(self.batch_id), budget)
+        except TimeoutError:
+            return PollFailure(
+                retryable=True, message=f"the status call did not finish within {budget:.0f} s"
+            )
 
     async def on_kill(self) -> None:
         """Cancel the batch this trigger watches, once, best effort, bounded in time.

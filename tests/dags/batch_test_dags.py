@@ -403,3 +403,24 @@ with DAG(
         soft_fail=True,
         **sensor_args,
     )
+
+
+# 6. A reschedule-mode sensor counts failed pokes across reschedules -----------------------------
+
+with DAG(
+    dag_id="batch_sensor_reschedule",
+    schedule=None,
+    catchup=False,
+    default_args={"on_failure_callback": record_failure, "retries": 0},
+) as sensor_reschedule_dag:
+    # Every poke is a new run of the task; the test makes every status call of the private
+    # emulator fail, so only a count carried from poke to poke can end the wait before timeout.
+    OpenAIBatchSensor(
+        task_id="reschedule_poke",
+        batch_id="batch_watched_elsewhere",
+        conn_id=PRIVATE_CONN,
+        mode="reschedule",
+        poke_interval=0.1,
+        timeout=60,
+        max_consecutive_failures=3,
+    )

@@ -255,36 +255,38 @@ ERRORS = [{"code": "token_limit_exceeded", "message": "Enqueued token limit reac
             id="all-failed-1.0",
         ),
         pytest.param(
-            event(status="failed", termination_reason="failed", openai_status="failed", errors=ERRORS),
+            event("failed", status="failed", errors=ERRORS),
             {},
             OpenAIBatchFailed,
             id="failed",
         ),
         pytest.param(
-            event(status="expired", termination_reason="expired", openai_status="expired"),
+            event("expired", status="expired"),
             {},
             OpenAIBatchExpired,
             id="expired",
         ),
         pytest.param(
-            event(status="cancelled", termination_reason="cancelled", openai_status="cancelled"),
+            event("cancelled", status="cancelled"),
             {},
             OpenAIBatchCancelled,
             id="cancelled",
         ),
         pytest.param(
-            event(status="timeout", termination_reason="timeout", openai_status="in_progress"),
+            event("timeout", status="in_progress"),
             {"cancel_on_timeout": False},
             OpenAIBatchTimeout,
             id="timeout",
         ),
         pytest.param(
-            event(status="error", termination_reason="polling_error", openai_status=None),
+            event("polling_error", status=None),
             {},
             OpenAIBatchPollingError,
             id="polling-error",
         ),
-        pytest.param(event(future_field={"x": 1}), {}, "completed", id="unknown-extra-key-ignored"),
+        pytest.param(
+            {**event(future_field={"x": 1}), "future": 1}, {}, "completed", id="unknown-extra-keys-ignored"
+        ),
     ],
 )
 def test_execute_complete_maps_every_outcome(
@@ -311,7 +313,7 @@ def test_execute_complete_maps_every_outcome(
 
 
 def test_failed_event_names_the_api_errors() -> None:
-    payload = event(status="failed", termination_reason="failed", openai_status="failed", errors=ERRORS)
+    payload = event("failed", status="failed", errors=ERRORS)
     with pytest.raises(OpenAIBatchFailed) as raised:
         operator().execute_complete(make_context(), event=payload)
     assert "token_limit_exceeded" in str(raised.value)
@@ -320,7 +322,7 @@ def test_failed_event_names_the_api_errors() -> None:
 
 
 def test_expired_event_keeps_the_output_file_for_salvage() -> None:
-    payload = event(status="expired", termination_reason="expired", openai_status="expired")
+    payload = event("expired", status="expired")
     with pytest.raises(OpenAIBatchExpired) as raised:
         operator().execute_complete(make_context(), event=payload)
     assert raised.value.output_file_id == "file-out"
@@ -332,12 +334,13 @@ def test_expired_event_keeps_the_output_file_for_salvage() -> None:
     [
         pytest.param(None, id="none"),
         pytest.param("completed", id="not-a-dict"),
-        pytest.param(event(schema_version=2), id="newer-schema"),
-        pytest.param(event(schema_version=0), id="schema-0"),
+        pytest.param({**event(), "schema_version": 3}, id="newer-schema"),
+        pytest.param({**event(), "schema_version": 0}, id="schema-0"),
         pytest.param({k: v for k, v in event().items() if k != "schema_version"}, id="no-schema"),
-        pytest.param(event(status="succeeded"), id="unknown-status"),
-        pytest.param(event(termination_reason="mystery"), id="unknown-reason"),
+        pytest.param({**event(), "status": "succeeded"}, id="unknown-status"),
+        pytest.param({**event(), "termination_reason": "mystery"}, id="unknown-reason"),
         pytest.param(event(batch_id=""), id="empty-batch-id"),
+        pytest.param({**event(), "batch": "completed"}, id="batch-not-an-object"),
         pytest.param({k: v for k, v in event().items() if k != "batch_id"}, id="no-batch-id"),
     ],
 )

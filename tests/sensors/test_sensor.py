@@ -166,7 +166,7 @@ def test_soft_fail_skips_a_failed_batch(server: EmulatorProcess, deferrable: boo
 
 def test_soft_fail_skips_a_failed_batch_after_resume() -> None:
     # Airflow's own resume path (BaseSensorOperator.resume_execution) applies soft_fail there.
-    failed = event(status="failed", termination_reason="failed", openai_status="failed", batch_id="batch_x")
+    failed = event("failed", status="failed", batch_id="batch_x")
     with pytest.raises(AirflowSkipException):
         sensor("batch_x", deferrable=True, soft_fail=True).resume_execution(
             DEFER_METHOD_NAME, {"event": failed}, make_context("unit_sensor")
@@ -197,7 +197,7 @@ async def test_trigger_timeout_is_a_sensor_timeout_and_cancels_nothing(server: E
     server.client().batches.cancel(batch_id)
 
 
-@pytest.mark.parametrize("payload", [None, event(schema_version=2), event(status="weird")])
+@pytest.mark.parametrize("payload", [None, {**event(), "schema_version": 3}, {**event(), "status": "weird"}])
 def test_sensor_rejects_untrusted_events(payload: Any) -> None:
     with pytest.raises(OpenAIBatchTriggerEventError):
         sensor("batch_unit", deferrable=True).execute_complete(make_context("unit_sensor"), event=payload)
