@@ -44,7 +44,8 @@ class OpenAIBatchSensor(BaseSensorOperator):
         have.
     :param output_path: land the results joined in input order there, as the operator does.
     :param max_poll_interval: cap of the growing interval while deferred.
-    :param max_consecutive_failures: failed status calls tolerated in a row.
+    :param max_consecutive_failures: failed status calls tolerated in a row; in ``reschedule``
+        mode they are counted across reschedules (Airflow 3.3+, through the task state store).
     """
 
     template_fields: Sequence[str] = ("batch_id", "conn_id", "output_path")
