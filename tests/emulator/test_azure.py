@@ -109,24 +109,12 @@ def test_process_helpers_follow_the_dialect(make_emulator: Callable[..., Emulato
 def test_batch_on_a_deployment_through_azure_openai(
     make_emulator: Callable[..., EmulatorProcess], endpoint: str, url: str
 ) -> None:
-    server = make_emulator(*AZURE, "--file-processing-delay", "0.3", api_key=KEY)
+    server = make_emulator(*AZURE, "--file-processing-delay", "1", api_key=KEY)
     client = sdk(server)
     lines = [{**chat_line(f"req-{i}", f"question {i}", model=DEPLOYMENT), "url": url} for i in range(3)]
     lines.append({**chat_line("boom", model=DEPLOYMENT, emulator={"status_code": 500}), "url": url})
     file = upload(client, jsonl(lines))
     assert (file.status, file.expires_at) == ("pending", None)  # Azure keeps files without expiry
-
-    # Azure refuses a batch on a file it has not processed yet.
-    with pytest.raises(openai.BadRequestError) as refused:
-        client.batches.create(input_file_id=file.id, endpoint=endpoint, completion_window="24h")  # type: ignore[arg-type]
-    assert_azure_error(
-        refused.value.response,
-        400,
-        "BadRequest",
-        f"The input file '{file.id}' is in 'pending' state. Only files with status 'Processed' are accepted"
-        " for batch inferencing. Please check the file status and try again",
-    )
-
     processed(client, file.id)
     batch = checked(
         client.batches.with_raw_response.create(
@@ -386,9 +374,24 @@ def test_token_limit_fails_fast_at_create(make_emulator: Callable[..., EmulatorP
     client.batches.cancel(running.id)
 
 
-def test_an_upload_is_pending_for_the_configured_delay(make_emulator: Callable[..., EmulatorProcess]) -> None:
-    server = make_emulator(*AZURE, "--file-processing-delay", "0.5")
+def test_a_pending_upload_is_refused_then_processed_after_the_delay(
+    make_emulator: Callable[..., EmulatorProcess],
+) -> None:
+    server = make_emulator(*AZURE, "--file-processing-delay", "60")
     client = sdk(server)
+    file = upload(client, jsonl(chat_lines(1)))
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.batches.create(input_file_id=file.id, endpoint="/chat/completions", completion_window="24h")
+    assert_azure_error(
+        refused.value.response,
+        400,
+        "BadRequest",
+        f"The input file '{file.id}' is in 'pending' state. Only files with status 'Processed' are accepted"
+        " for batch inferencing. Please check the file status and try again",
+    )
+    assert retrieve_file(client, file.id).status == "pending"
+
+    server.configure(azure={"file_processing_delay": 0.5})
     started = time.monotonic()
     file = upload(client, jsonl(chat_lines(1)))
     assert file.status == "pending"
