@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from airflow_provider_batch import __version__
@@ -16,12 +17,17 @@ from tests import airflow_env
 
 def test_airflow_cli_lists_the_provider_hook_and_link() -> None:
     airflow = Path(sys.executable).with_name("airflow")
-    env = {**os.environ, **airflow_env.ENVIRONMENT}
+    assert_airflow_lists_the_provider(airflow, {**os.environ, **airflow_env.ENVIRONMENT})
+
+
+def assert_airflow_lists_the_provider(airflow: Path, env: Mapping[str, str], cwd: Path | None = None) -> None:
+    """``airflow`` (a virtualenv's command) lists the provider, its connection type and its link."""
     # About ten seconds each, mostly importing Airflow: run the three at once.
     running = {
         what: subprocess.Popen(
             [str(airflow), "providers", what, "--output", "json"],
             env=env,
+            cwd=cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
