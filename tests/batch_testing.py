@@ -58,20 +58,41 @@ MANIFEST_KEYS = frozenset(
 """The keys of the manifest the operator and the sensor hand downstream (before results are landed)."""
 
 
+DIALECTS = ("openai", "azure")
+"""The dialects lifecycle tests run on (``@pytest.mark.parametrize("dialect", DIALECTS)``, with
+the ``dialect`` fixture of ``tests/conftest.py``)."""
+AZURE_API_VERSION = "2024-10-21"
+
+
+def emulator_flags(dialect: str) -> tuple[str, ...]:
+    """The emulator flags of a dialect (``azure-v1`` is the azure dialect reached another way).
+    Uploads stay ``pending`` briefly, so every Azure test also covers the wait for ``processed``."""
+    return ("--dialect", "azure", "--file-processing-delay", "0.2") if dialect.startswith("azure") else ()
+
+
+def connection(
+    server: EmulatorProcess, dialect: str, password: str = API_KEY, **extra: Any
+) -> dict[str, Any]:
+    """An Airflow connection to ``server`` as a user of ``dialect`` would write it: OpenAI's at the
+    base URL; Azure's with ``api_type``, ``azure_endpoint`` and ``api_version``; or, for
+    ``azure-v1``, an OpenAI connection whose base URL is the endpoint's ``/openai/v1``."""
+    if dialect == "azure":
+        azure = {"api_type": "azure", "azure_endpoint": server.root_url, "api_version": AZURE_API_VERSION}
+        return {"conn_type": "openai_batch", "password": password, "extra": {**azure, **extra}}
+    return {"conn_type": "openai_batch", "host": server.base_url, "password": password, "extra": extra}
+
+
 def use_emulator(
-    monkeypatch: pytest.MonkeyPatch, conn_id: str, server: EmulatorProcess, **extra: Any
+    monkeypatch: pytest.MonkeyPatch,
+    conn_id: str,
+    server: EmulatorProcess,
+    dialect: str = "openai",
+    **extra: Any,
 ) -> None:
     """Point connection ``conn_id`` (an ``AIRFLOW_CONN_*`` variable) at ``server``."""
     monkeypatch.setenv(
         f"AIRFLOW_CONN_{conn_id.upper()}",
-        json.dumps(
-            {
-                "conn_type": "openai_batch",
-                "host": server.base_url,
-                "password": API_KEY,
-                "extra": {**FAST_RETRIES, **extra},
-            }
-        ),
+        json.dumps(connection(server, dialect, **{**FAST_RETRIES, **extra})),
     )
 
 

@@ -13,6 +13,7 @@ import pytest
 from airflow.sdk.io import attach
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
+from tests.batch_testing import emulator_flags
 
 # Airflow maps URL schemes to filesystems through providers, and none registers fsspec's
 # in-memory filesystem; attach it so tests can use ``ObjectStoragePath("memory://...")``.
@@ -32,6 +33,27 @@ def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProce
     """One emulator shared by the session, for tests that leave its settings alone."""
     with EmulatorProcess(tmp_path_factory.mktemp("emulator")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def azure_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorProcess]:
+    """One emulator in the Azure dialect shared by the session (see :func:`dialect`)."""
+    with EmulatorProcess(tmp_path_factory.mktemp("azure-emulator"), *emulator_flags("azure")) as server:
+        yield server
+
+
+@pytest.fixture
+def dialect() -> str:
+    """Which API a test talks to: ``openai``, ``azure`` (an ``AzureOpenAI`` client on an Azure
+    emulator) or ``azure-v1`` (an OpenAI client on that emulator's ``/openai/v1`` routes).
+    Lifecycle tests run on several with ``@pytest.mark.parametrize("dialect", DIALECTS)``."""
+    return "openai"
+
+
+@pytest.fixture
+def dialect_emulator(request: pytest.FixtureRequest, dialect: str) -> EmulatorProcess:
+    """The session's shared emulator of the test's :func:`dialect`."""
+    return request.getfixturevalue("azure_emulator" if dialect.startswith("azure") else "emulator")
 
 
 @pytest.fixture

@@ -56,6 +56,8 @@ IDEMPOTENCY_KEY = "airflow_idempotency_key"
 CLOCK_SKEW = 300
 """Seconds of tolerance between our clock and the server's when bounding a metadata lookup."""
 DOWNLOAD_CHUNK = 1024 * 1024
+UPLOAD_PROCESSING_TIMEOUT = 30 * 60
+"""Seconds to wait for an upload to be processed (Azure) before giving up, as the SDK's own wait."""
 OPENAI_DASHBOARD = "https://platform.openai.com"
 MAX_CONNECTIONS = 50
 """HTTP connections per client, by default (the SDK's own default is 1,000).
@@ -340,10 +342,25 @@ class OpenAIBatchHook(BaseHook):
                     file=(filename or name, stream), purpose=purpose, extra_body=extra_body
                 )
 
-        uploaded = self._call(send)
-        if uploaded.status == "uploaded":
-            # Azure OpenAI processes uploads asynchronously and rejects a batch on an unprocessed file.
-            uploaded = self._call(self.get_conn().files.wait_for_processing, uploaded.id)
+        return self._wait_until_processed(self._call(send))
+
+    def _wait_until_processed(self, uploaded: FileObject) -> FileObject:
+        """Azure OpenAI processes an upload asynchronously (``pending``, then ``processed``) and
+        refuses a batch on a file that is not processed yet; OpenAI answers ``processed`` at once.
+
+        Polls from 0.1 s, doubling to 5 s: an upload is usually processed within seconds, and the
+        SDK's own ``wait_for_processing`` sleeps 5 s before its first look.
+        """
+        pause = 0.1
+        deadline = time.monotonic() + UPLOAD_PROCESSING_TIMEOUT
+        while uploaded.status not in ("processed", "error", "deleted"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"file {uploaded.id} was still {uploaded.status!r} after {UPLOAD_PROCESSING_TIMEOUT} s"
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
+            uploaded = self._call(self.get_conn().files.retrieve, uploaded.id)
         return uploaded
 
     def download_file(

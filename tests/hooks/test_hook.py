@@ -1,5 +1,6 @@
 """OpenAIBatchHook against a real emulator process: every operation, sync and async, the retry
-policy (attempts counted by the emulator), and a create whose response is lost."""
+policy (attempts counted by the emulator), and a create whose response is lost. Lifecycle tests
+run on OpenAI's API and on Azure's (an ``AzureOpenAI`` client, and the ``/openai/v1`` form)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ from airflow_provider_batch.emulator.process import EmulatorProcess
 from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY, OpenAIBatchHook, read_snapshot, snapshot_of
 from airflow_provider_batch.hooks.retry import RetryPolicy, is_transient, retry_after_seconds
 from airflow_provider_batch.status import PollFailure
+from tests.batch_testing import DIALECTS, connection, emulator_flags
 
 FAST_RETRIES = {"max_retries": 4, "retry_initial_wait": 0.01, "retry_max_wait": 0.5, "retry_max_total": 30}
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
+ALL_FORMS = (*DIALECTS, "azure-v1")
 
 
 def use_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **fields: object) -> None:
@@ -29,18 +32,14 @@ def use_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **fields: obje
 
 
 @pytest.fixture
-def hook_for(monkeypatch: pytest.MonkeyPatch) -> Callable[..., OpenAIBatchHook]:
-    """A hook on a connection (env var) that points at the given emulator."""
+def hook_for(monkeypatch: pytest.MonkeyPatch, dialect: str) -> Callable[..., OpenAIBatchHook]:
+    """A hook on a connection (env var) that points at the given emulator, written for the test's
+    ``dialect``."""
 
     def make(server: EmulatorProcess, conn_id: str = "batch_emulator", **extra: object) -> OpenAIBatchHook:
-        use_connection(
-            monkeypatch,
-            conn_id,
-            conn_type="openai_batch",
-            host=server.base_url,
-            password=server.api_key or "sk-emulator-key",
-            extra={**FAST_RETRIES, **extra},
-        )
+        password = server.api_key or "sk-emulator-key"
+        fields = connection(server, dialect, password, **{**FAST_RETRIES, **extra})
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(fields))
         return OpenAIBatchHook(conn_id=conn_id)
 
     return make
@@ -168,8 +167,26 @@ def test_max_connections_below_one_is_rejected(monkeypatch: pytest.MonkeyPatch, 
         OpenAIBatchHook(conn_id="tiny_pool").get_conn()
 
 
-def test_test_connection(emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook]) -> None:
-    assert hook_for(emulator).test_connection()[0] is True
+@pytest.mark.parametrize("dialect", ALL_FORMS)
+def test_test_connection(dialect_emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook]) -> None:
+    assert hook_for(dialect_emulator).test_connection()[0] is True
+
+
+def test_azure_connection_through_host(
+    azure_emulator: EmulatorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Azure endpoint may be the connection's host instead of extra ``azure_endpoint``."""
+    use_connection(
+        monkeypatch,
+        "azure_host",
+        conn_type="openai_batch",
+        host=azure_emulator.root_url,
+        password="azure-key",
+        extra={"api_type": "azure", "api_version": "2024-10-21"},
+    )
+    hook = OpenAIBatchHook(conn_id="azure_host")
+    assert hook.test_connection() == (True, "Connection successfully tested: the Batch API answered.")
+    assert isinstance(hook.get_conn(), openai.AzureOpenAI)
 
 
 def test_test_connection_reports_a_bad_key_without_echoing_it(
@@ -188,10 +205,11 @@ def test_test_connection_reports_a_bad_key_without_echoing_it(
 # files -----------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dialect", ALL_FORMS)
 def test_upload_from_path_object_storage_and_file_object(
-    emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+    dialect_emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
 ) -> None:
-    hook = hook_for(emulator)
+    hook = hook_for(dialect_emulator)
     source = write_requests(tmp_path / "requests.jsonl")
     expected = source.read_bytes()
 
@@ -210,15 +228,17 @@ def test_upload_from_path_object_storage_and_file_object(
     from_handle = hook.upload_file(io.BytesIO(expected), filename="handle.jsonl")
 
     for uploaded in (from_path, from_storage, from_memory, from_handle):
+        assert uploaded.status == "processed"
         buffer = io.BytesIO()
         assert hook.download_file(uploaded.id, buffer) == len(expected)
         assert buffer.getvalue() == expected
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 def test_download_to_path_and_object_storage_then_delete(
-    emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+    dialect_emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
 ) -> None:
-    hook = hook_for(emulator)
+    hook = hook_for(dialect_emulator)
     source = write_requests(tmp_path / "requests.jsonl", count=50)
     uploaded = hook.upload_file(source)
 
@@ -236,10 +256,11 @@ def test_download_to_path_and_object_storage_then_delete(
 # batches ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dialect", ALL_FORMS)
 def test_batch_round_trip_tags_the_idempotency_key(
-    emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+    dialect_emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
 ) -> None:
-    hook = hook_for(emulator)
+    hook = hook_for(dialect_emulator)
     uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl"))
     batch = hook.create_batch(
         uploaded.id,
@@ -254,12 +275,78 @@ def test_batch_round_trip_tags_the_idempotency_key(
     assert finished.request_counts.completed == 3
     assert hook.find_batch_by_metadata(IDEMPOTENCY_KEY, "key-round-trip").id == batch.id
     assert hook.find_batch_by_metadata(IDEMPOTENCY_KEY, "no-such-key") is None
+    output = io.BytesIO()
+    hook.download_file(finished.output_file_id, output)
+    assert sorted(json.loads(line)["custom_id"] for line in output.getvalue().splitlines()) == [
+        "r0",
+        "r1",
+        "r2",
+    ]
 
 
-def test_cancel_and_async_surface(
-    emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_upload_waits_until_the_file_is_processed(
+    dialect: str,
+    make_emulator: Callable[..., EmulatorProcess],
+    hook_for: Callable[..., OpenAIBatchHook],
+    tmp_path: Path,
 ) -> None:
-    hook = hook_for(emulator)
+    """Azure answers an upload ``pending`` and refuses a batch on it until it is ``processed``; the
+    hook's upload returns only then, so a create right after it succeeds."""
+    server = make_emulator(*emulator_flags(dialect), "--file-processing-delay", "0.6")
+    hook = hook_for(server)
+    started = time.monotonic()
+    uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl", count=1))
+    elapsed = time.monotonic() - started
+    assert uploaded.status == "processed"
+    assert hook.create_batch(uploaded.id, "/v1/chat/completions").status == "validating"
+    looks = server.stats()["requests"].get("GET /v1/files/{id}", 0)
+    if dialect == "azure":
+        assert elapsed >= 0.6
+        assert 1 <= looks <= 4  # polled from 0.1 s, doubling: not hammered, not 5 s late
+    else:
+        assert looks == 0  # OpenAI answers processed at once
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_failed_lines_and_failed_batches(
+    dialect_emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+) -> None:
+    hook = hook_for(dialect_emulator)
+    source = write_requests(tmp_path / "requests.jsonl", count=2)
+    failing = {"model": "gpt-4o-mini", "messages": [], "emulator": {"status_code": 429, "code": "rate_limit"}}
+    with source.open("a") as out:
+        line = {"custom_id": "r-bad", "method": "POST", "url": "/v1/chat/completions", "body": failing}
+        out.write(json.dumps(line) + "\n")
+    uploaded = hook.upload_file(source)
+
+    partial = wait_terminal(hook, hook.create_batch(uploaded.id, "/v1/chat/completions").id)
+    assert (partial.status, partial.request_counts.completed, partial.request_counts.failed) == (
+        "completed",
+        2,
+        1,
+    )
+    errors = io.BytesIO()
+    hook.download_file(partial.error_file_id, errors)
+    assert [json.loads(line)["response"]["status_code"] for line in errors.getvalue().splitlines()] == [429]
+
+    failed = wait_terminal(
+        hook,
+        hook.create_batch(
+            uploaded.id, "/v1/chat/completions", metadata={"emulator_fail_validation": "token_limit_exceeded"}
+        ).id,
+    )
+    assert failed.status == "failed"
+    assert [error.code for error in failed.errors.data] == ["token_limit_exceeded"]
+    snapshot = hook.poll_batch(failed.id)
+    assert (snapshot.output_file_id, snapshot.error_file_id) == (None, None)  # "" on Azure: no file
+
+
+@pytest.mark.parametrize("dialect", ALL_FORMS)
+def test_cancel_and_async_surface(
+    dialect_emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+) -> None:
+    hook = hook_for(dialect_emulator)
     uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl", count=20))
     batch = hook.create_batch(uploaded.id, "/v1/chat/completions", metadata={"emulator_line_delay": "0.2"})
 
@@ -295,10 +382,14 @@ def test_list_batches_walks_every_page(
 # retries ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 def test_transient_errors_are_retried_and_counted(
-    make_emulator: Callable[..., EmulatorProcess], hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+    dialect: str,
+    make_emulator: Callable[..., EmulatorProcess],
+    hook_for: Callable[..., OpenAIBatchHook],
+    tmp_path: Path,
 ) -> None:
-    server = make_emulator()
+    server = make_emulator(*emulator_flags(dialect))
     hook = hook_for(server)
     uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl", count=1))
     batch = hook.create_batch(uploaded.id, "/v1/chat/completions")
@@ -358,11 +449,12 @@ async def test_async_calls_share_the_retry_policy(
     assert server.stats()["requests"]["GET /v1/batches/{id}"] == 3
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 async def test_polls_read_the_same_snapshot_as_the_sdk_model(
-    emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+    dialect_emulator: EmulatorProcess, hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
 ) -> None:
     """Polls read the raw JSON instead of the SDK's pydantic ``Batch``; both must agree."""
-    hook = hook_for(emulator)
+    hook = hook_for(dialect_emulator)
     uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl", count=3))
     batch = wait_terminal(hook, hook.create_batch(uploaded.id, "/v1/chat/completions").id)
     expected = snapshot_of(hook.get_batch(batch.id))
@@ -381,10 +473,14 @@ def test_a_body_that_is_not_a_batch_is_a_failed_observation(body: bytes) -> None
     assert "not a batch object" in observed.message
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 def test_a_create_whose_response_is_lost_yields_one_batch(
-    make_emulator: Callable[..., EmulatorProcess], hook_for: Callable[..., OpenAIBatchHook], tmp_path: Path
+    dialect: str,
+    make_emulator: Callable[..., EmulatorProcess],
+    hook_for: Callable[..., OpenAIBatchHook],
+    tmp_path: Path,
 ) -> None:
-    server = make_emulator()
+    server = make_emulator(*emulator_flags(dialect))
     hook = hook_for(server)
     uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl", count=1))
     # The server creates the batch, then drops the connection before answering.
