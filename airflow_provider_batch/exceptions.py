@@ -53,7 +53,46 @@ class OpenAIBatchTimeout(OpenAIBatchError):
 
 
 class OpenAIBatchPartialFailure(OpenAIBatchError):
-    """The batch completed, but more of its lines failed than ``max_failed_fraction`` allows."""
+    """The batch completed, but more of its lines failed than ``max_failed_fraction`` allows.
+
+    The message and the attributes say what failed and where to look, so that the first look at
+    the task log is enough to decide between a fix and a rerun.
+
+    :param errors_by_code: failed lines by error code (``rate_limit_exceeded``, ``http_400``...).
+    :param failed_ids: the first failed ``custom_id`` values, in file order.
+    :param results_uri: where the results were landed (``output_path``), if they were.
+    :param error_file_id: OpenAI's error file.
+    """
+
+    SHOWN_IDS = 10
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        batch_id: str | None = None,
+        errors_by_code: dict[str, int] | None = None,
+        failed_ids: Sequence[str] = (),
+        results_uri: str | None = None,
+        error_file_id: str | None = None,
+    ) -> None:
+        self.errors_by_code = dict(errors_by_code or {})
+        self.failed_ids = list(failed_ids)
+        self.results_uri = results_uri
+        self.error_file_id = error_file_id
+        lines = [message]
+        if self.errors_by_code:
+            ranked = sorted(self.errors_by_code.items(), key=lambda item: (-item[1], item[0]))
+            counted = ", ".join(f"{code} ({count:,})" for code, count in ranked)
+            lines.append(f"Failed lines by error: {counted}")
+        if self.failed_ids:
+            shown = ", ".join(self.failed_ids[: self.SHOWN_IDS])
+            lines.append(f"First failed custom_ids: {shown}")
+        if results_uri:
+            lines.append(f"Every request's outcome, in input order: {results_uri}")
+        if error_file_id:
+            lines.append(f"OpenAI's error file: {error_file_id}")
+        super().__init__("\n".join(lines), batch_id=batch_id)
 
 
 class OpenAIBatchPollingError(OpenAIBatchError):

@@ -59,14 +59,20 @@ class LineError:
     :param field: the request field at fault, dotted (``"url"``, ``"body.model"``), or ``None`` when the line
         as a whole is wrong (not UTF-8, not JSON, over a limit).
     :param message: what was expected and what was found.
+    :param custom_id: the request's ``custom_id`` when the line has a readable one, so that a record built
+        upstream can be found without counting lines.
     """
 
     line: int | None
     field: str | None
     message: str
+    custom_id: str | None = None
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.message}" if self.line is not None else f"file: {self.message}"
+        if self.line is None:
+            return f"file: {self.message}"
+        named = f" (custom_id {_describe(self.custom_id)})" if self.custom_id else ""
+        return f"line {self.line}{named}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -158,10 +164,13 @@ class _Checker:
         self._model_line = 0
         self._embeddings = endpoint == EMBEDDINGS_ENDPOINT
         self._first_line_of: dict[str, int] = {}
+        self._line_id: tuple[int, str] | None = None
+        """The line being checked and its ``custom_id``, once the envelope named one."""
 
     def fail(self, line: int | None, field: str | None, message: str) -> None:
         if len(self.errors) < self.max_errors:
-            self.errors.append(LineError(line, field, message))
+            custom_id = self._line_id[1] if self._line_id and self._line_id[0] == line else None
+            self.errors.append(LineError(line, field, message, custom_id))
         else:
             self.unreported += 1
 
@@ -254,6 +263,8 @@ class _Checker:
             )
 
     def _check_envelope(self, line: int, custom_id: object, method: object, url: object) -> None:
+        if isinstance(custom_id, str) and custom_id:
+            self._line_id = (line, custom_id)
         if not isinstance(custom_id, str) or not custom_id:
             self.fail(line, "custom_id", _must("custom_id", "be a non-empty string", custom_id))
         elif (first := self._first_line_of.setdefault(custom_id, line)) != line:
@@ -396,8 +407,9 @@ def write_batch_file(
     :param destination: a local path, an ``airflow.sdk.ObjectStoragePath`` (opened with ``open("wb")``), or
         a binary file object, written from its current position and left open.
     :param endpoint: the batch endpoint, one of :data:`airflow_provider_batch.limits.ENDPOINTS`.
-    :raises OpenAIBatchInvalidInput: on the first bad record, listing its problems; ``destination`` is not
-        touched.
+    :raises OpenAIBatchInvalidInput: listing the problems of every bad record (up to
+        :data:`DEFAULT_MAX_ERRORS`, the rest counted), each with its line and ``custom_id``;
+        ``destination`` is not touched.
     """
     checker = _Checker(endpoint, DEFAULT_MAX_ERRORS)
     with tempfile.TemporaryFile(buffering=BLOCK_SIZE) as spool:
@@ -405,7 +417,7 @@ def write_batch_file(
         for number, record in enumerate(records, start=1):
             line = _encode_record(checker, number, record)
             if line is None:
-                raise checker.error()
+                continue  # the file is refused; the remaining records are still checked, not written
             size += len(line) + 1
             if size > MAX_FILE_BYTES:
                 checker.too_large(number)
@@ -432,13 +444,6 @@ def _encode_record(checker: _Checker, line: int, record: object) -> bytes | None
     if not isinstance(record, Mapping):
         checker.check_record(line, record)
         return None
-    for key in record:
-        if key not in REQUEST_FIELDS:
-            checker.fail(
-                line,
-                str(key),
-                f"field '{key}' must not be set: a request has only {', '.join(REQUEST_FIELDS)}",
-            )
     request = {
         "custom_id": record.get("custom_id", msgspec.UNSET),
         "method": record.get("method", "POST"),
@@ -446,7 +451,14 @@ def _encode_record(checker: _Checker, line: int, record: object) -> bytes | None
         "body": record.get("body", msgspec.UNSET),
     }
     checker.check_record(line, request)
-    if checker.errors:
+    for key in record:
+        if key not in REQUEST_FIELDS:
+            checker.fail(
+                line,
+                str(key),
+                f"field '{key}' must not be set: a request has only {', '.join(REQUEST_FIELDS)}",
+            )
+    if checker.errors or checker.unreported:
         return None
     try:
         return msgspec.json.encode(request)

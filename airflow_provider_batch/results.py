@@ -236,6 +236,12 @@ class ResultSummary:
     """Lines failed for another reason, by top-level error code (``no_response`` when a line has neither a
     status nor an error)."""
     usage: TokenUsage
+    errors_by_code: Mapping[str, int]
+    """Every failed line by what to group it by: its error code (``batch_expired``,
+    ``rate_limit_exceeded``, ``server_error``...), else ``http_<status>`` for an error body that names
+    none, else ``no_response``."""
+    failed_ids: IdSample
+    """The ``custom_id`` values of failed lines, the first few in file order: where to start looking."""
     duplicates: IdSample
     """``custom_id`` values that have more than one result line."""
     malformed_total: int
@@ -264,6 +270,8 @@ class ResultSummary:
             "cancelled": self.cancelled,
             "other_errors": dict(sorted(self.other_errors.items())),
             "usage": self.usage.to_dict(),
+            "errors_by_code": dict(sorted(self.errors_by_code.items())),
+            "failed_ids": self.failed_ids.to_dict(),
             "missing": self.missing.to_dict() if self.missing is not None else None,
             "duplicates": self.duplicates.to_dict(),
             "unknown": self.unknown.to_dict() if self.unknown is not None else None,
@@ -431,6 +439,8 @@ class _Tally:
     cancelled: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     other: dict[str, int] = field(default_factory=dict)
+    by_code: dict[str, int] = field(default_factory=dict)
+    failed_ids: list[str] = field(default_factory=list)
     usage: dict[str, int] = field(default_factory=lambda: {f.name: 0 for f in fields(TokenUsage)})
     duplicates: dict[str, None] = field(default_factory=dict)
     """An ordered set: every duplicated id (duplicates are rare, and the total must be exact)."""
@@ -445,7 +455,12 @@ class _Tally:
         if result.ok:
             self.succeeded += 1
             self._add_usage(result.body)
-        elif result.status_code is not None and not 200 <= result.status_code < 300:
+            return
+        code = result.error_code or (f"http_{result.status_code}" if result.status_code else "no_response")
+        self.by_code[code] = self.by_code.get(code, 0) + 1
+        if len(self.failed_ids) < self.id_limit:
+            self.failed_ids.append(result.custom_id)
+        if result.status_code is not None and not 200 <= result.status_code < 300:
             self.by_status[result.status_code] = self.by_status.get(result.status_code, 0) + 1
         elif result.error_code == EXPIRED:
             self.expired += 1
@@ -490,6 +505,8 @@ class _Tally:
             cancelled=self.cancelled,
             other_errors=dict(self.other),
             usage=TokenUsage(**self.usage),
+            errors_by_code=dict(self.by_code),
+            failed_ids=self.sample(self.failed_ids, self.lines - self.succeeded),
             duplicates=self.sample(list(self.duplicates), len(self.duplicates)),
             malformed_total=self.malformed_total,
             malformed=tuple(self.malformed),

@@ -242,6 +242,7 @@ def test_outcomes_raise_their_errors_and_keep_partial_results(
         "partial_strict": "failed",
         "partial_tolerant": "success",
         "all_failed": "failed",
+        "after_all_failed": "success",
         "invalid_requests": "failed",
         "write_invalid_input": "success",
         "invalid_input_path": "failed",
@@ -275,6 +276,14 @@ def test_outcomes_raise_their_errors_and_keep_partial_results(
     strict = failures["partial_strict"]
     assert type(strict) is OpenAIBatchPartialFailure
     assert "1 of 4" in str(strict)
+    # What failed, how, and where every line's outcome is: from the landed results.
+    assert (strict.errors_by_code, strict.failed_ids) == ({"rate_limit_exceeded": 1}, ["p-1"])
+    assert strict.results_uri == str(dags.WORK / "outcomes" / "strict.jsonl")
+    assert "rate_limit_exceeded (1)" in str(strict)
+    assert "p-1" in str(strict)
+    assert strict.results_uri in str(strict)
+    # The manifest is pushed although the task failed.
+    assert xcoms_of(run.run_id, "partial_strict")["return_value"]["results_uri"] == strict.results_uri
     tolerant = xcoms_of(run.run_id, "partial_tolerant")["return_value"]
     assert tolerant["request_counts"] == {"total": 4, "completed": 3, "failed": 1}
     assert tolerant["error_file_id"] is not None
@@ -284,13 +293,27 @@ def test_outcomes_raise_their_errors_and_keep_partial_results(
     all_failed = failures["all_failed"]
     assert type(all_failed) is OpenAIBatchPartialFailure
     assert "3 of 3" in str(all_failed)
+    # Without output_path, the error file alone is read for the codes and ids.
+    assert all_failed.errors_by_code == {"rate_limit_exceeded": 2, "server_error": 1}
+    assert sorted(all_failed.failed_ids) == ["a-0", "a-1", "a-2"]
+    assert all_failed.results_uri is None
+    assert all_failed.error_file_id in str(all_failed)
+    after = xcoms_of(run.run_id, "after_all_failed")["return_value"]
+    assert after == f"{all_failed.batch_id}: 3 failed"
 
     # Invalid input: the error names the line, and nothing reached the (private) emulator.
-    assert isinstance(failures["invalid_requests"], OpenAIBatchInvalidInput)
-    assert "line 2" in str(failures["invalid_requests"])
-    assert "/v1/embeddings" in str(failures["invalid_requests"])
-    assert isinstance(failures["invalid_input_path"], OpenAIBatchInvalidInput)
-    assert "line 3" in str(failures["invalid_input_path"])
+    # Every bad record is named, by line and custom_id, in every input mode.
+    invalid = failures["invalid_requests"]
+    assert isinstance(invalid, OpenAIBatchInvalidInput)
+    assert [(error.line, error.custom_id, error.field) for error in invalid.errors] == [
+        (2, "i-1", "url"),
+        (4, "i-3", "body.model"),
+    ]
+    assert "line 2 (custom_id 'i-1')" in str(invalid)
+    assert "/v1/embeddings" in str(invalid)
+    invalid_path = failures["invalid_input_path"]
+    assert isinstance(invalid_path, OpenAIBatchInvalidInput)
+    assert [(error.line, error.custom_id) for error in invalid_path.errors] == [(3, None), (5, "j-0")]
     # (A look-up of an earlier try's batch may precede validation; nothing may be written.)
     calls = private.stats()["requests"]
     assert route_count(private, "POST /v1/files") == 0, calls

@@ -121,58 +121,63 @@ BAD_UTF8_IN_SKIPPED_FIELD = (
         ),
         pytest.param(
             request("request-1"),
-            "line 2: field 'custom_id' must be unique, got 'request-1' already used on line 1",
+            "line 2 (custom_id 'request-1'):"
+            " field 'custom_id' must be unique, got 'request-1' already used on line 1",
             id="custom-id-duplicate",
         ),
         pytest.param(
             {"custom_id": "request-2", "url": CHAT, "body": {"model": MODEL}},
-            "line 2: field 'method' is missing; it must be 'POST'",
+            "line 2 (custom_id 'request-2'): field 'method' is missing; it must be 'POST'",
             id="method-missing",
         ),
         pytest.param(
             {**request("request-2"), "method": "GET"},
-            "line 2: field 'method' must be 'POST', got 'GET'",
+            "line 2 (custom_id 'request-2'): field 'method' must be 'POST', got 'GET'",
             id="method-value",
         ),
         pytest.param(
             {"custom_id": "request-2", "method": "POST", "body": {"model": MODEL}},
-            "line 2: field 'url' is missing; it must equal the batch endpoint '/v1/chat/completions'",
+            "line 2 (custom_id 'request-2'):"
+            " field 'url' is missing; it must equal the batch endpoint '/v1/chat/completions'",
             id="url-missing",
         ),
         pytest.param(
             request("request-2", url="/v1/embeddings"),
-            "line 2: field 'url' must equal the batch endpoint '/v1/chat/completions', got '/v1/embeddings'",
+            "line 2 (custom_id 'request-2'):"
+            " field 'url' must equal the batch endpoint '/v1/chat/completions', got '/v1/embeddings'",
             id="url-mismatch",
         ),
         pytest.param(
             {"custom_id": "request-2", "method": "POST", "url": CHAT},
-            "line 2: field 'body' is missing; it must be a JSON object",
+            "line 2 (custom_id 'request-2'): field 'body' is missing; it must be a JSON object",
             id="body-missing",
         ),
         pytest.param(
             {**request("request-2"), "body": ["hello"]},
-            "line 2: field 'body' must be a JSON object, got an array",
+            "line 2 (custom_id 'request-2'): field 'body' must be a JSON object, got an array",
             id="body-type",
         ),
         pytest.param(
             {**request("request-2"), "body": None},
-            "line 2: field 'body' must be a JSON object, got null",
+            "line 2 (custom_id 'request-2'): field 'body' must be a JSON object, got null",
             id="body-null",
         ),
         pytest.param(
             request("request-2", model=4),
-            "line 2: field 'body.model' must be a string, got an integer",
+            "line 2 (custom_id 'request-2'): field 'body.model' must be a string, got an integer",
             id="model-type",
         ),
         pytest.param(
             request("request-2", model="gpt-4o"),
-            "line 2: field 'body.model' must be 'gpt-4o-mini' as on line 1 (one model per batch),"
+            "line 2 (custom_id 'request-2'): field 'body.model' must be 'gpt-4o-mini' as on line 1"
+            " (one model per batch),"
             " got 'gpt-4o'",
             id="model-mismatch",
         ),
         pytest.param(
             request("request-2", stream=True),
-            "line 2: field 'body.stream' must not be true (batch requests cannot stream)",
+            "line 2 (custom_id 'request-2'):"
+            " field 'body.stream' must not be true (batch requests cannot stream)",
             id="stream",
         ),
     ],
@@ -196,10 +201,14 @@ def test_url_error_names_line_field_and_expectation(tmp_path: Path) -> None:
     (error,) = validate_batch_file(path, endpoint=EMBEDDINGS).errors
 
     assert error == LineError(
-        17, "url", "field 'url' must equal the batch endpoint '/v1/embeddings', got '/v1/chat/completions'"
+        17,
+        "url",
+        "field 'url' must equal the batch endpoint '/v1/embeddings', got '/v1/chat/completions'",
+        "request-17",
     )
     assert str(error) == (
-        "line 17: field 'url' must equal the batch endpoint '/v1/embeddings', got '/v1/chat/completions'"
+        "line 17 (custom_id 'request-17'): field 'url' must equal the batch endpoint '/v1/embeddings',"
+        " got '/v1/chat/completions'"
     )
 
 
@@ -221,7 +230,9 @@ def test_long_values_are_cut_in_messages(tmp_path: Path) -> None:
     path = tmp_path / "input.jsonl"
     path.write_bytes(jsonl({**request(), "method": "P" * 500}))
 
-    assert messages(path) == [f"line 1: field 'method' must be 'POST', got '{'P' * 100}'..."]
+    assert messages(path) == [
+        f"line 1 (custom_id 'request-1'): field 'method' must be 'POST', got '{'P' * 100}'..."
+    ]
 
 
 def test_valid_file_report(tmp_path: Path) -> None:
@@ -249,7 +260,7 @@ def test_blank_lines_are_skipped_but_counted(tmp_path: Path) -> None:
 
     assert report.requests == 2
     assert [str(error) for error in report.errors] == [
-        "line 6: field 'custom_id' must be unique, got 'a' already used on line 3"
+        "line 6 (custom_id 'a'): field 'custom_id' must be unique, got 'a' already used on line 3"
     ]
 
 
@@ -287,8 +298,10 @@ def test_error_cap(tmp_path: Path) -> None:
         require_valid_batch_file(path, endpoint=CHAT, max_errors=2)
     assert str(raised.value) == (
         "invalid batch input, 25 errors:\n"
-        "  line 1: field 'url' must equal the batch endpoint '/v1/chat/completions', got '/v1/x'\n"
-        "  line 2: field 'url' must equal the batch endpoint '/v1/chat/completions', got '/v1/x'\n"
+        "  line 1 (custom_id 'r1'): field 'url' must equal the batch endpoint '/v1/chat/completions',"
+        " got '/v1/x'\n"
+        "  line 2 (custom_id 'r2'): field 'url' must equal the batch endpoint '/v1/chat/completions',"
+        " got '/v1/x'\n"
         "  and 23 more errors not reported"
     )
     assert [error.line for error in raised.value.errors] == [1, 2]
@@ -349,7 +362,7 @@ def test_embedding_inputs_are_counted_per_input(tmp_path: Path) -> None:
     assert report.embedding_inputs == 1 + 1 + 2 + 3 + 0 + 1
 
 
-@pytest.mark.parametrize(("second", "expected"), [(19_999, []), (20_001, ["line 2"])])
+@pytest.mark.parametrize(("second", "expected"), [(19_999, []), (20_001, ["line 2 (custom_id 'b')"])])
 def test_embedding_input_limit(tmp_path: Path, second: int, expected: list[str]) -> None:
     path = tmp_path / "input.jsonl"
     lines = [
@@ -439,7 +452,7 @@ def test_exactly_200_mib_without_final_newline_is_valid(big_file: Path) -> None:
 
 def test_validates_object_storage_paths(tmp_path: Path, memory_root: ObjectStoragePath) -> None:
     data = jsonl(request("a"), request("a"))
-    expected = ["line 2: field 'custom_id' must be unique, got 'a' already used on line 1"]
+    expected = ["line 2 (custom_id 'a'): field 'custom_id' must be unique, got 'a' already used on line 1"]
     local = tmp_path / "input.jsonl"
     local.write_bytes(data)
     in_memory = memory_root / "input.jsonl"
@@ -457,7 +470,7 @@ def test_lines_longer_than_a_read_chunk(memory_root: ObjectStoragePath) -> None:
 
     assert messages(path) == [
         "line 2: expected a JSON object, got invalid JSON: Input data was truncated",
-        "line 3: field 'custom_id' must be unique, got 'r00001' already used on line 1",
+        "line 3 (custom_id 'r00001'): field 'custom_id' must be unique, got 'r00001' already used on line 1",
     ]
 
 
@@ -547,16 +560,20 @@ def test_bad_record_leaves_no_destination(tmp_path: Path, memory_root: ObjectSto
     def records() -> Iterator[dict[str, Any]]:
         for n in range(1, 1000):
             consumed.append(n)
-            yield request("dup" if n in (2, 5) else f"r{n}")
+            yield request("dup" if n in (2, 5, 9) else f"r{n}", url=CHAT if n != 7 else EMBEDDINGS)
 
     with pytest.raises(OpenAIBatchInvalidInput) as raised:
         write_batch_file(records(), destination, endpoint=CHAT)
 
+    # Every bad record is reported, not only the first: one run shows all there is to fix.
     assert str(raised.value) == (
-        "invalid batch input, 1 error:\n"
-        "  line 5: field 'custom_id' must be unique, got 'dup' already used on line 2"
+        "invalid batch input, 3 errors:\n"
+        "  line 5 (custom_id 'dup'): field 'custom_id' must be unique, got 'dup' already used on line 2\n"
+        "  line 7 (custom_id 'r7'): field 'url' must equal the batch endpoint '/v1/chat/completions',"
+        " got '/v1/embeddings'\n"
+        "  line 9 (custom_id 'dup'): field 'custom_id' must be unique, got 'dup' already used on line 2"
     )
-    assert consumed == [1, 2, 3, 4, 5]
+    assert consumed == list(range(1, 1000))
     assert not destination.exists()
 
 
@@ -578,12 +595,13 @@ def test_bad_record_leaves_an_existing_destination_untouched(tmp_path: Path) -> 
     [
         pytest.param(
             request("a", url=CHAT),
-            "line 1: field 'url' must equal the batch endpoint '/v1/embeddings', got '/v1/chat/completions'",
+            "line 1 (custom_id 'a'):"
+            " field 'url' must equal the batch endpoint '/v1/embeddings', got '/v1/chat/completions'",
             id="url-mismatch",
         ),
         pytest.param(
             {**request("a", url=EMBEDDINGS), "method": "GET"},
-            "line 1: field 'method' must be 'POST', got 'GET'",
+            "line 1 (custom_id 'a'): field 'method' must be 'POST', got 'GET'",
             id="method-mismatch",
         ),
         pytest.param(
@@ -592,17 +610,20 @@ def test_bad_record_leaves_an_existing_destination_untouched(tmp_path: Path) -> 
             id="custom-id-missing",
         ),
         pytest.param(
-            {"custom_id": "a"}, "line 1: field 'body' is missing; it must be a JSON object", id="body-missing"
+            {"custom_id": "a"},
+            "line 1 (custom_id 'a'): field 'body' is missing; it must be a JSON object",
+            id="body-missing",
         ),
         pytest.param(
             {"custom_id": "a", "body": {"model": MODEL}, "metadata": {}},
-            "line 1: field 'metadata' must not be set: a request has only custom_id, method, url, body",
+            "line 1 (custom_id 'a'):"
+            " field 'metadata' must not be set: a request has only custom_id, method, url, body",
             id="unknown-field",
         ),
         pytest.param(("a", {}), "line 1: expected a JSON object, got a tuple", id="not-a-mapping"),
         pytest.param(
             {"custom_id": "a", "body": {"model": MODEL, "input": object()}},
-            "line 1: field 'body' must be JSON-serialisable, got an error:"
+            "line 1 (custom_id 'a'): field 'body' must be JSON-serialisable, got an error:"
             " Encoding objects of type object is unsupported",
             id="not-serialisable",
         ),
@@ -633,8 +654,8 @@ def test_writer_limits(tmp_path: Path) -> None:
     with pytest.raises(OpenAIBatchInvalidInput) as raised:
         write_batch_file(big, path, endpoint=EMBEDDINGS)
     assert str(raised.value.errors[0]) == (
-        f"line {MAX_FILE_BYTES // line_bytes + 1}: expected at most 209,715,200 bytes (200 MiB)"
-        " per batch file, got more by the end of this line"
+        f"line {MAX_FILE_BYTES // line_bytes + 1} (custom_id 'r{MAX_FILE_BYTES // line_bytes + 1:05d}'):"
+        " expected at most 209,715,200 bytes (200 MiB) per batch file, got more by the end of this line"
     )
 
     with pytest.raises(OpenAIBatchInvalidInput, match="file: expected at least one request, got none"):
@@ -647,8 +668,8 @@ def test_writer_limits(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("endpoint", "expected"),
     [
-        (CHAT, ["line 1: field 'body.model' is missing; /v1/chat/completions needs a model"]),
-        (EMBEDDINGS, ["line 1: field 'body.model' is missing; /v1/embeddings needs a model"]),
+        (CHAT, ["line 1 (custom_id 'a'): field 'body.model' is missing; /v1/chat/completions needs a model"]),
+        (EMBEDDINGS, ["line 1 (custom_id 'a'): field 'body.model' is missing; /v1/embeddings needs a model"]),
         ("/v1/moderations", []),
     ],
 )

@@ -315,6 +315,14 @@ def test_summary_counts_match_the_batch_request_counts(chat: Landed) -> None:
     assert summary.malformed_total == 0
 
 
+def test_summary_groups_failures_by_code_and_names_the_first_failed_ids(chat: Landed) -> None:
+    summary = summarize(output_file=chat.output, error_file=chat.error, id_limit=2)
+    assert sum(summary.errors_by_code.values()) == summary.failed == 3
+    assert summary.errors_by_code == {"rate_limit_exceeded": 1, "server_error": 1, "bad_prompt": 1}
+    failed_in_file_order = [line["custom_id"] for line in raw_lines(chat.error)]
+    assert summary.failed_ids == IdSample(3, tuple(failed_in_file_order[:2]))
+
+
 def test_missing_and_unknown_ids_against_the_input(chat: Landed, tmp_path: Path) -> None:
     requests = [*raw_lines(chat.input)[1:], request_line("req-extra", CHAT)]
     edited_input = write_jsonl(tmp_path / "input.jsonl", requests)

@@ -20,6 +20,7 @@ from airflow_provider_batch.exceptions import (
     OpenAIBatchError,
     OpenAIBatchExpired,
     OpenAIBatchFailed,
+    OpenAIBatchPartialFailure,
     OpenAIBatchPollingError,
     OpenAIBatchTimeout,
     OpenAIBatchTriggerEventError,
@@ -406,3 +407,22 @@ def test_failed_batch_message_shows_the_api_errors() -> None:
     assert "line 2: [invalid_json_line] not JSON" in text
     assert "and 3 more" in text
     assert error.errors == errors
+
+
+def test_partial_failure_message_ranks_codes_and_names_ids_and_where_to_look() -> None:
+    error = OpenAIBatchPartialFailure(
+        "Batch batch_1 completed, but 40 of 1,000 lines failed (more than max_failed_fraction=0.0).",
+        batch_id="batch_1",
+        errors_by_code={"server_error": 3, "rate_limit_exceeded": 37},
+        failed_ids=[f"req-{n}" for n in range(40)],
+        results_uri="s3://bucket/results.jsonl",
+        error_file_id="file-err",
+    )
+    lines = str(error).splitlines()
+    assert lines[1] == "Failed lines by error: rate_limit_exceeded (37), server_error (3)"
+    assert lines[2] == "First failed custom_ids: " + ", ".join(f"req-{n}" for n in range(10))
+    assert lines[3:] == [
+        "Every request's outcome, in input order: s3://bucket/results.jsonl",
+        "OpenAI's error file: file-err",
+    ]
+    assert (error.results_uri, len(error.failed_ids)) == ("s3://bucket/results.jsonl", 40)

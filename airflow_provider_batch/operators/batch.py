@@ -48,7 +48,7 @@ from airflow_provider_batch.exceptions import (
 from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY, OpenAIBatchHook, snapshot_of
 from airflow_provider_batch.limits import MAX_METADATA_PAIRS
 from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink
-from airflow_provider_batch.results import write_joined
+from airflow_provider_batch.results import summarize, write_joined
 from airflow_provider_batch.status import (
     BatchSnapshot,
     BatchStatus,
@@ -67,6 +67,7 @@ STATE_SUBMISSION_KEY = "openai_batch_submission_key"
 XCOM_BATCH_ID = "batch_id"
 XCOM_OUTPUT_FILE_ID = "output_file_id"
 XCOM_ERROR_FILE_ID = "error_file_id"
+XCOM_RETURN_KEY = "return_value"
 AIRFLOW_METADATA_KEYS = ("airflow_dag_id", "airflow_task_id", "airflow_run_id", "airflow_map_index")
 USER_METADATA_PAIRS = MAX_METADATA_PAIRS - len(AIRFLOW_METADATA_KEYS) - 1  # and the idempotency key
 DEFAULT_TIMEOUT = timedelta(hours=25)
@@ -357,6 +358,10 @@ def finish_batch(
     if output_path is not None and (batch.output_file_id or batch.error_file_id):
         landed = land_results(hook, batch, output_path)
     result = manifest(batch, landed=landed)
+    if reason != "completed" or partial_failure(batch, max_failed_fraction):
+        # A failed task returns nothing; pushed here, the manifest still reaches downstream tasks
+        # that run anyway (trigger_rule="all_done") through the usual ``.output``.
+        ti.xcom_push(key=XCOM_RETURN_KEY, value=result)
 
     if reason != "completed":
         error = REASON_TO_EXCEPTION[reason]
@@ -370,13 +375,17 @@ def finish_batch(
                 output_file_id=batch.output_file_id,
             )
         raise error(message, batch_id=batch.batch_id)
-    if classify_completion(batch.request_counts, max_failed_fraction) == "too_many_failed_lines":
+    if partial_failure(batch, max_failed_fraction):
         counts = batch.request_counts or {}
+        summary = landed["results_summary"] if landed else summarize_errors(hook, batch)
         raise OpenAIBatchPartialFailure(
-            f"Batch {batch.batch_id} completed, but {counts.get('failed')} of {counts.get('total')} lines"
-            f" failed (more than max_failed_fraction={max_failed_fraction});"
-            f" see error file {batch.error_file_id}.",
+            f"Batch {batch.batch_id} completed, but {counts.get('failed', 0):,} of {counts.get('total', 0):,}"
+            f" lines failed (more than max_failed_fraction={max_failed_fraction}).",
             batch_id=batch.batch_id,
+            errors_by_code=summary["errors_by_code"],
+            failed_ids=summary["failed_ids"]["ids"],
+            results_uri=landed["results_uri"] if landed else None,
+            error_file_id=batch.error_file_id,
         )
     for outlet in outlets:
         if isinstance(outlet, Asset):
@@ -391,6 +400,21 @@ def manifest(batch: BatchSnapshot, *, landed: dict[str, Any] | None = None) -> d
     (ids, counts, usage, metadata, every timestamp), and where landed results are. Results
     themselves never go into XCom."""
     return {**batch.to_dict(), **(landed or {})}
+
+
+def partial_failure(batch: BatchSnapshot, max_failed_fraction: float) -> bool:
+    return classify_completion(batch.request_counts, max_failed_fraction) == "too_many_failed_lines"
+
+
+def summarize_errors(hook: OpenAIBatchHook, batch: BatchSnapshot) -> dict[str, Any]:
+    """The summary of the error file alone (streamed through a local copy), for the message of a
+    partial failure whose results were not landed."""
+    if not batch.error_file_id:
+        return summarize().to_dict()
+    with tempfile.TemporaryDirectory(prefix="openai-batch-errors-") as workdir:
+        local = Path(workdir) / "error.jsonl"
+        hook.download_file(batch.error_file_id, local)
+        return summarize(error_file=local, id_limit=OpenAIBatchPartialFailure.SHOWN_IDS).to_dict()
 
 
 def land_results(hook: OpenAIBatchHook, batch: BatchSnapshot, output_path: Any) -> dict[str, Any]:

@@ -247,6 +247,7 @@ with DAG(
         endpoint=CHAT,
         deferrable=True,
         max_failed_fraction=0.0,
+        output_path=str(WORK / "outcomes" / "strict.jsonl"),
         **FAST,
     )
     OpenAIBatchOperator(
@@ -258,13 +259,20 @@ with DAG(
         output_path=str(WORK / "outcomes" / "partial.jsonl"),
         **FAST,
     )
-    OpenAIBatchOperator(
+    all_failed = OpenAIBatchOperator(
         task_id="all_failed",
         requests=[failing_line("a-0"), failing_line("a-1", 500), failing_line("a-2")],
         endpoint=CHAT,
         deferrable=True,
         **FAST,
     )
+
+    @task(trigger_rule="all_done")
+    def after_all_failed(manifest: dict[str, Any]) -> str:
+        """Runs although its upstream failed, and still gets the manifest."""
+        return f"{manifest['batch_id']}: {manifest['request_counts']['failed']} failed"
+
+    after_all_failed(all_failed.output)
     # Invalid input goes to the private emulator, whose statistics must then show no upload at all.
     OpenAIBatchOperator(
         task_id="invalid_requests",
@@ -272,6 +280,7 @@ with DAG(
             chat_line("i-0", "ok"),
             {**chat_line("i-1", "wrong endpoint"), "url": "/v1/embeddings"},
             chat_line("i-2", "ok"),
+            {"custom_id": "i-3", "body": {"messages": [{"role": "user", "content": "no model"}]}},
         ],
         endpoint=CHAT,
         conn_id=PRIVATE_CONN,
@@ -281,7 +290,13 @@ with DAG(
     def write_invalid_input() -> str:
         return write_jsonl(
             WORK / "outcomes" / "invalid.jsonl",
-            [chat_line("j-0", "ok"), chat_line("j-1", "ok"), "{this is not json", chat_line("j-3", "ok")],
+            [
+                chat_line("j-0", "ok"),
+                chat_line("j-1", "ok"),
+                "{this is not json",
+                chat_line("j-3", "ok"),
+                chat_line("j-0", "again"),
+            ],
         )
 
     OpenAIBatchOperator(
