@@ -41,8 +41,10 @@ from airflow_provider_batch.triggers.batch import DEFER_GRACE, OpenAIBatchTrigge
 from tests.batch_testing import (
     API_KEY,
     CHAT,
+    DIALECTS,
     DictStateStore,
     chat_record,
+    emulator_flags,
     event,
     make_context,
     route_count,
@@ -57,10 +59,13 @@ RECORDS = [chat_record(f"u-{i}", f"unit {i}") for i in range(3)]
 
 
 @pytest.fixture
-def server(make_emulator: Callable[..., EmulatorProcess], monkeypatch: pytest.MonkeyPatch) -> EmulatorProcess:
-    """A private emulator behind connection ``batch_unit``, so its counters belong to the test."""
-    server = make_emulator()
-    use_emulator(monkeypatch, CONN, server)
+def server(
+    make_emulator: Callable[..., EmulatorProcess], monkeypatch: pytest.MonkeyPatch, dialect: str
+) -> EmulatorProcess:
+    """A private emulator behind connection ``batch_unit``, so its counters belong to the test; of
+    the test's ``dialect`` (OpenAI unless parametrized), with a connection written for it."""
+    server = make_emulator(*emulator_flags(dialect))
+    use_emulator(monkeypatch, CONN, server, dialect)
     return server
 
 
@@ -130,6 +135,7 @@ def test_execute_defers_to_the_trigger_with_a_safe_and_longer_timeout(server: Em
     server.client().batches.cancel(batch_id)
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 async def test_resume_and_terminal_before_defer_finish_the_same_way(server: EmulatorProcess) -> None:
     context = make_context()
     deferred = defer(operator(), context)
@@ -207,6 +213,7 @@ def test_a_different_input_file_id_is_a_different_submission(server: EmulatorPro
     assert route_count(server, "POST /v1/files") == 2, "an input_file_id is never uploaded again"
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 def test_an_earlier_failed_batch_is_submitted_anew(server: EmulatorProcess) -> None:
     context = make_context()
     failing = {"emulator_fail_validation": "token_limit_exceeded"}
@@ -219,6 +226,20 @@ def test_an_earlier_failed_batch_is_submitted_anew(server: EmulatorProcess) -> N
 
     assert second.value.batch_id != first_id, "a failed batch is not billed: the retry submits again"
     assert route_count(server, CREATE) == 2
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_a_batch_with_failed_lines_fails_the_task_unless_allowed(server: EmulatorProcess) -> None:
+    requests = [*RECORDS, chat_record("u-bad", emulator={"status_code": 500, "message": "boom"})]
+    with pytest.raises(OpenAIBatchPartialFailure) as raised:
+        operator(deferrable=False, requests=requests).execute(make_context())
+    assert raised.value.batch_id
+
+    manifest = operator(deferrable=False, requests=requests, max_failed_fraction=0.25).execute(make_context())
+    assert manifest["status"] == "completed"
+    assert manifest["request_counts"] == {"total": 4, "completed": 3, "failed": 1}
+    assert manifest["output_file_id"]
+    assert manifest["error_file_id"]
 
 
 # execute_complete over every event -----------------------------------------------------------------------
@@ -360,6 +381,7 @@ def test_execute_complete_without_an_event_fails() -> None:
 # cancellation: our timeout, never a polling error, on_kill ------------------------------------------------
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 async def test_trigger_timeout_cancels_the_batch_once(server: EmulatorProcess) -> None:
     context = make_context()
     deferred = defer(operator(timeout=2.5, metadata={"emulator_line_delay": "2"}), context)
@@ -405,6 +427,7 @@ async def test_polling_error_never_cancels(server: EmulatorProcess) -> None:
     server.client().batches.cancel(payload["batch_id"])
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 def test_on_kill_cancels_a_batch_waited_on_by_the_worker(server: EmulatorProcess) -> None:
     op = operator(deferrable=False, metadata={"emulator_line_delay": "0.5"})
     outcome: list[BaseException | dict[str, Any]] = []
