@@ -57,11 +57,13 @@ def dialect_emulator(request: pytest.FixtureRequest, dialect: str) -> EmulatorPr
 
 
 @pytest.fixture
-def make_emulator(tmp_path: Path) -> Iterator[Callable[..., EmulatorProcess]]:
-    """Start private emulators (own flags, own data dir) that are stopped after the test."""
+def make_emulator(tmp_path: Path, dialect: str) -> Iterator[Callable[..., EmulatorProcess]]:
+    """Start private emulators (own flags, own data dir) that are stopped after the test; of the
+    test's :func:`dialect` (the flags given come after the dialect's, so they win)."""
     started: list[EmulatorProcess] = []
 
     def start(*flags: str, api_key: str | None = None, data_dir: Path | None = None) -> EmulatorProcess:
+        flags = (*emulator_flags(dialect), *flags)
         server = EmulatorProcess(data_dir or tmp_path / f"emulator-{len(started)}", *flags, api_key=api_key)
         started.append(server)
         return server

@@ -20,7 +20,7 @@ from airflow_provider_batch.emulator.process import EmulatorProcess
 from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY, OpenAIBatchHook, read_snapshot, snapshot_of
 from airflow_provider_batch.hooks.retry import RetryPolicy, is_transient, retry_after_seconds
 from airflow_provider_batch.status import PollFailure
-from tests.batch_testing import DIALECTS, connection, emulator_flags
+from tests.batch_testing import DIALECTS, connection
 
 FAST_RETRIES = {"max_retries": 4, "retry_initial_wait": 0.01, "retry_max_wait": 0.5, "retry_max_total": 30}
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -293,7 +293,7 @@ def test_upload_waits_until_the_file_is_processed(
 ) -> None:
     """Azure answers an upload ``pending`` and refuses a batch on it until it is ``processed``; the
     hook's upload returns only then, so a create right after it succeeds."""
-    server = make_emulator(*emulator_flags(dialect), "--file-processing-delay", "0.6")
+    server = make_emulator("--file-processing-delay", "0.6")
     hook = hook_for(server)
     started = time.monotonic()
     uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl", count=1))
@@ -384,12 +384,11 @@ def test_list_batches_walks_every_page(
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_transient_errors_are_retried_and_counted(
-    dialect: str,
     make_emulator: Callable[..., EmulatorProcess],
     hook_for: Callable[..., OpenAIBatchHook],
     tmp_path: Path,
 ) -> None:
-    server = make_emulator(*emulator_flags(dialect))
+    server = make_emulator()
     hook = hook_for(server)
     uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl", count=1))
     batch = hook.create_batch(uploaded.id, "/v1/chat/completions")
@@ -475,12 +474,11 @@ def test_a_body_that_is_not_a_batch_is_a_failed_observation(body: bytes) -> None
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_a_create_whose_response_is_lost_yields_one_batch(
-    dialect: str,
     make_emulator: Callable[..., EmulatorProcess],
     hook_for: Callable[..., OpenAIBatchHook],
     tmp_path: Path,
 ) -> None:
-    server = make_emulator(*emulator_flags(dialect))
+    server = make_emulator()
     hook = hook_for(server)
     uploaded = hook.upload_file(write_requests(tmp_path / "requests.jsonl", count=1))
     # The server creates the batch, then drops the connection before answering.

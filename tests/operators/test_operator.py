@@ -44,7 +44,6 @@ from tests.batch_testing import (
     DIALECTS,
     DictStateStore,
     chat_record,
-    emulator_flags,
     event,
     make_context,
     route_count,
@@ -64,7 +63,7 @@ def server(
 ) -> EmulatorProcess:
     """A private emulator behind connection ``batch_unit``, so its counters belong to the test; of
     the test's ``dialect`` (OpenAI unless parametrized), with a connection written for it."""
-    server = make_emulator(*emulator_flags(dialect))
+    server = make_emulator()
     use_emulator(monkeypatch, CONN, server, dialect)
     return server
 

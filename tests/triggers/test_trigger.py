@@ -1,5 +1,7 @@
 """OpenAIBatchTrigger against a real emulator: one event per outcome, deadlines that survive a
-re-creation, tolerated poll failures, no blocking of the event loop, on_kill versus cleanup."""
+re-creation, tolerated poll failures, no blocking of the event loop, on_kill versus cleanup. The
+lifecycle tests run on OpenAI's API and on Azure's (an ``AzureOpenAI`` connection; batches in the
+classic ``/chat/completions`` form)."""
 
 from __future__ import annotations
 
@@ -16,31 +18,28 @@ from airflow.triggers.base import TriggerEvent
 from airflow_provider_batch.emulator.process import EmulatorProcess
 from airflow_provider_batch.hooks.batch import SHARED_ASYNC_CLIENTS, OpenAIBatchHook
 from airflow_provider_batch.triggers.batch import OpenAIBatchTrigger
+from tests.batch_testing import DIALECTS, connection
 
 CONN_ID = "trigger_emulator"
 API_KEY = "sk-trigger-canary-5f1e"
 
 
 @pytest.fixture
-def connect(monkeypatch: pytest.MonkeyPatch) -> Callable[[EmulatorProcess], None]:
+def connect(monkeypatch: pytest.MonkeyPatch, dialect: str) -> Callable[[EmulatorProcess], None]:
+    """Point the trigger's connection at a server, written for the test's ``dialect``."""
+
     def point_at(server: EmulatorProcess) -> None:
-        monkeypatch.setenv(
-            f"AIRFLOW_CONN_{CONN_ID.upper()}",
-            json.dumps(
-                {
-                    "conn_type": "openai_batch",
-                    "host": server.base_url,
-                    "password": API_KEY,
-                    "extra": {"retry_initial_wait": 0.01},
-                }
-            ),
-        )
+        fields = connection(server, dialect, API_KEY, retry_initial_wait=0.01)
+        monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(fields))
 
     return point_at
 
 
 def submit(server: EmulatorProcess, tmp_path: Path, lines: int = 3, **metadata: str) -> str:
+    """Create a chat batch with the server's SDK client (Azure: the classic endpoint form, once
+    the upload is processed)."""
     client = server.client()
+    endpoint = "/chat/completions" if server.dialect == "azure" else "/v1/chat/completions"
     path = tmp_path / "requests.jsonl"
     with path.open("w") as out:
         for index in range(lines):
@@ -51,13 +50,19 @@ def submit(server: EmulatorProcess, tmp_path: Path, lines: int = 3, **metadata: 
             request = {
                 "custom_id": f"r{index}",
                 "method": "POST",
-                "url": "/v1/chat/completions",
+                "url": endpoint,
                 "body": body,
             }
             out.write(json.dumps(request) + "\n")
     uploaded = client.files.create(file=path, purpose="batch")
+    while uploaded.status != "processed":
+        time.sleep(0.05)
+        uploaded = client.files.retrieve(uploaded.id)
     batch = client.batches.create(
-        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h", metadata=metadata
+        input_file_id=uploaded.id,
+        endpoint=endpoint,  # type: ignore[arg-type]
+        completion_window="24h",
+        metadata=metadata,
     )
     return batch.id
 
@@ -129,6 +134,7 @@ def test_bad_arguments_are_rejected_at_construction(
 # one event per outcome ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 async def test_completed_batch_yields_one_success_event_after_the_transitions(
     make_emulator: Callable[..., EmulatorProcess],
     connect: Callable,
@@ -156,16 +162,17 @@ async def test_completed_batch_yields_one_success_event_after_the_transitions(
         ({"emulator_expire_after_lines": "1", "emulator_line_delay": "0.05"}, "expired", "expired"),
     ],
 )
+@pytest.mark.parametrize("dialect", DIALECTS)
 async def test_failed_and_expired_batches(
-    emulator: EmulatorProcess,
+    dialect_emulator: EmulatorProcess,
     connect: Callable,
     tmp_path: Path,
     metadata: dict[str, str],
     status: str,
     reason: str,
 ) -> None:
-    connect(emulator)
-    payload = only_payload(await collect(make_trigger(submit(emulator, tmp_path, **metadata))))
+    connect(dialect_emulator)
+    payload = only_payload(await collect(make_trigger(submit(dialect_emulator, tmp_path, **metadata))))
     assert (payload["status"], payload["termination_reason"], payload["openai_status"]) == (
         status,
         reason,
@@ -178,14 +185,15 @@ async def test_failed_and_expired_batches(
         assert payload["error_file_id"]
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 async def test_cancelling_is_waited_out_until_cancelled(
-    emulator: EmulatorProcess, connect: Callable, tmp_path: Path
+    dialect_emulator: EmulatorProcess, connect: Callable, tmp_path: Path
 ) -> None:
-    connect(emulator)
+    connect(dialect_emulator)
     batch_id = submit(
-        emulator, tmp_path, lines=20, emulator_line_delay="0.05", emulator_cancelling_delay="0.4"
+        dialect_emulator, tmp_path, lines=20, emulator_line_delay="0.05", emulator_cancelling_delay="0.4"
     )
-    emulator.client().batches.cancel(batch_id)
+    dialect_emulator.client().batches.cancel(batch_id)
     payload = only_payload(await collect(make_trigger(batch_id)))
     assert (payload["status"], payload["openai_status"]) == ("cancelled", "cancelled")
     assert payload["error_file_id"]  # the unfinished lines, written once cancelling is over
@@ -232,6 +240,7 @@ async def test_deadline_is_wall_clock_and_survives_re_creation(
 # failures while polling --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 async def test_transient_poll_failures_are_tolerated(
     make_emulator: Callable[..., EmulatorProcess], connect: Callable, tmp_path: Path
 ) -> None:
@@ -318,6 +327,7 @@ async def test_triggers_share_one_client_and_hand_it_back(
 # on_kill versus cleanup --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dialect", DIALECTS)
 async def test_on_kill_cancels_the_batch_once(
     make_emulator: Callable[..., EmulatorProcess], connect: Callable, tmp_path: Path
 ) -> None:
