@@ -9,6 +9,9 @@ Against OpenAI (or any compatible server) instead of the emulator::
     OPENAI_API_KEY=sk-... make demo                                  # api.openai.com
     DEMO_BASE_URL=https://my-gateway/v1 OPENAI_API_KEY=... make demo # another base URL
 
+``DEMO_DIALECT=azure make demo`` runs the emulator as Azure OpenAI (``--dialect azure``) and gives
+Airflow an Azure connection (``api_type: azure``, ``azure_endpoint``, ``api_version``).
+
 ``DEMO_KEEP=1`` leaves Airflow running at the end so you can look around in the UI.
 """
 
@@ -37,17 +40,21 @@ def main() -> None:
     shutil.rmtree(DEMO_DIR, ignore_errors=True)
     DEMO_DIR.mkdir()
     api_key = os.environ.get("OPENAI_API_KEY")
+    dialect = os.environ.get("DEMO_DIALECT", "openai")
+    if dialect not in ("openai", "azure"):
+        raise SystemExit(f"DEMO_DIALECT must be 'openai' or 'azure', not {dialect!r}")
     emulator = None
     if api_key:
         base_url = os.environ.get("DEMO_BASE_URL", "https://api.openai.com/v1")
         print(f"Using {base_url} with your API key (real batches, real cost).")
+        connection: dict = {"conn_type": "openai_batch", "host": base_url, "password": api_key}
     else:
         # Lines take 1.5 s each, so the batch runs ~10 s: long enough to see the task deferred.
-        emulator = EmulatorProcess(DEMO_DIR / "emulator", "--line-delay", "1.5", "--validating-delay", "1")
-        base_url, api_key = emulator.base_url, "sk-demo-not-a-real-key"
-        print(f"Emulator at {base_url} (no key, no cost).")
+        flags = ("--dialect", dialect, "--line-delay", "1.5", "--validating-delay", "1")
+        emulator = EmulatorProcess(DEMO_DIR / "emulator", *flags)
+        connection = emulator_connection(emulator)
+        print(f"Emulator ({dialect} dialect) at {emulator.root_url} (no key, no cost).")
 
-    connection = {"conn_type": "openai_batch", "host": base_url, "password": api_key}
     stack = AirflowStack(
         DEMO_DIR / "airflow",
         ROOT / "example_dags",
@@ -77,6 +84,15 @@ def main() -> None:
             if emulator is not None:
                 emulator.stop()
             print("\nStopped everything the demo started.")
+
+
+def emulator_connection(emulator: EmulatorProcess) -> dict:
+    """The connection a user of the emulator's dialect writes; on Azure the DAG's model names the
+    deployment."""
+    if emulator.dialect == "azure":
+        extra = {"api_type": "azure", "azure_endpoint": emulator.root_url, "api_version": "2024-10-21"}
+        return {"conn_type": "openai_batch", "password": "demo-azure-key", "extra": extra}
+    return {"conn_type": "openai_batch", "host": emulator.base_url, "password": "sk-demo-not-a-real-key"}
 
 
 def follow(stack: AirflowStack, run_id: str, timeout: float = 300) -> None:
