@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -144,13 +145,6 @@ class BatchSnapshot:
     def is_terminal(self) -> bool:
         return self.known_status in TERMINAL
 
-    def progress(self) -> str:
-        counts = self.request_counts or {}
-        return (
-            f"{self.status}: {counts.get('completed', 0)} completed, {counts.get('failed', 0)} failed"
-            f" of {counts.get('total', 0)}"
-        )
-
 
 @dataclass(frozen=True)
 class PollFailure:
@@ -239,8 +233,10 @@ class Step:
 
     decision: Decision
     progress: str | None = None
-    """A progress line when the counts or status changed since the last observation."""
+    """The progress line of this observation: counts, percent, elapsed time, next look, deadline."""
     warning: str | None = None
+    pause: float = 0.0
+    """Seconds to wait before the next observation (0 when the wait is over, or not planned)."""
 
     def log_to(self, logger: Any) -> None:
         """Log the progress line (info) and the warning, whichever this step has."""
@@ -250,6 +246,10 @@ class Step:
             logger.warning(self.warning)
 
 
+EARLY_LOOKS = 8
+"""Pauses per wait that a prediction may shorten: a look at the predicted end of the lines, then
+some while the batch finalizes. A batch that runs its whole window still costs at most 300 status
+calls (``benchmarks/polling_cost.py``; a test simulates the shapes of progress that tempt it)."""
 OBSERVATION_GRACE = 30.0
 """Seconds an observation may run past the deadline before it counts as failed.
 
@@ -286,28 +286,90 @@ class Wait:
     polls: int = 0
     last: BatchSnapshot | None = None
     unknown_reported: bool = False
+    started: float | None = None
+    """When the wait began (its first pause): elapsed time when the batch's creation is unknown."""
+    progress_from: tuple[float, int] | None = None
+    """(time, lines done) at the first observation of the batch running: the origin of its rate."""
+    seen_at: float | None = None
+    """When :attr:`last` was observed."""
+    lines_done_at: float | None = None
+    """When every line was first seen done: the batch is finalizing from then on."""
+    early_looks: int = 0
+    """Pauses shortened by a prediction so far (at most :data:`EARLY_LOOKS`)."""
 
     def pause(self, now: float) -> float:
-        """Seconds to wait before the next observation; never past the deadline."""
-        seconds = max(0.0, min(self.schedule.interval(self.polls), self.end_time - now))
+        """Seconds to wait before the next observation: the schedule's growing interval, shortened
+        to when the observed progress says the batch will end, and never past the deadline."""
+        if self.started is None:
+            self.started = now
+        seconds = self.schedule.interval(self.polls)
+        predicted = self.predicted_end(now)
+        if predicted is not None and predicted < seconds and self.early_looks < EARLY_LOOKS:
+            # Looking more often than the schedule costs calls: not sooner than a third of the
+            # first interval, and only a few times per wait, so the call budget holds.
+            self.early_looks += 1
+            seconds = max(predicted, min(seconds, self.schedule.initial / 3))
         self.polls += 1
-        return seconds
+        return max(0.0, min(seconds, self.end_time - now))
+
+    def predicted_end(self, now: float) -> float | None:
+        """Seconds from ``now`` until the batch is expected to end, from its observed progress, or
+        ``None`` when nothing can be predicted (no counts yet, no progress, not running).
+
+        While lines run, the average rate since the first observation of the batch running gives
+        the time its remaining lines need. Once every line is done the batch is finalizing, for a
+        time nothing announces: the prediction is then half as long as it has been finalizing, so
+        looks come soon after a short finalization and back off during a long one.
+        """
+        last = self.last
+        counts = (last.request_counts or {}) if last else {}
+        total = counts.get("total") or 0
+        if last is None or self.seen_at is None or not total or last.is_terminal:
+            return None
+        done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
+        if done >= total or last.known_status == BatchStatus.FINALIZING:
+            if self.lines_done_at is None:
+                return None
+            return max(0.0, (now - self.lines_done_at) / 2)
+        if self.progress_from is None or last.known_status != BatchStatus.IN_PROGRESS:
+            return None
+        since, done_then = self.progress_from
+        if self.seen_at <= since or done <= done_then:
+            return None
+        rate = (done - done_then) / (self.seen_at - since)
+        return max(0.0, (total - done) / rate - (now - self.seen_at))
+
+    def _remember_progress(self, snapshot: BatchSnapshot, now: float) -> None:
+        counts = snapshot.request_counts or {}
+        done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
+        if self.progress_from is None and snapshot.known_status == BatchStatus.IN_PROGRESS:
+            self.progress_from = (now, done)
+        total = counts.get("total") or 0
+        finalizing = snapshot.known_status == BatchStatus.FINALIZING
+        if self.lines_done_at is None and ((total and done >= total) or finalizing):
+            self.lines_done_at = now
+        self.seen_at = now
 
     def observation_budget(self, now: float) -> float:
         """Seconds the observation starting at ``now`` may take: as long as it needs well before
         the deadline, but never more than :data:`OBSERVATION_GRACE` past it."""
         return max(0.0, self.end_time - now) + OBSERVATION_GRACE
 
-    def observe(self, observed: BatchSnapshot | PollFailure, now: float) -> Step:
-        progress = warning = None
+    def observe(self, observed: BatchSnapshot | PollFailure, now: float, *, plan: bool = True) -> Step:
+        """Take one observation: decide, and unless the wait is over (or ``plan`` is off, for a
+        sensor whose pokes Airflow times) plan the pause before the next one."""
+        warning = None
         if isinstance(observed, BatchSnapshot):
-            if self.last is None or observed.progress() != self.last.progress():
-                progress = f"Batch {self.batch_id} {observed.progress()}"
+            self._remember_progress(observed, now)
             self.last = observed
         decision = decide(
             observed, now=now, end_time=self.end_time, failures=self.failures, max_failures=self.max_failures
         )
         self.failures = decision.failures
+        pause = self.pause(now) if plan and not decision.done else 0.0
+        progress = None
+        if isinstance(observed, BatchSnapshot):
+            progress = self._progress_line(observed, now, pause if plan else None)
         if decision.done:
             return Step(decision, progress)
         if decision.unknown_status and not self.unknown_reported:
@@ -318,7 +380,29 @@ class Wait:
             )
         elif isinstance(observed, PollFailure):
             warning = f"Batch {self.batch_id}: {decision.message} ({self.failures}/{self.max_failures})"
-        return Step(decision, progress, warning)
+            if plan:
+                warning += f"; next look in {format_duration(pause)}"
+        return Step(decision, progress, warning, pause)
+
+    def _progress_line(self, snapshot: BatchSnapshot, now: float, pause: float | None) -> str:
+        """``Batch b in_progress: 780 of 1,000 lines done (78%), 3 failed; 12m30s since created;
+        next look in 45s; deadline in 23h47m (2026-12-03 10:00:00 UTC)``."""
+        counts = snapshot.request_counts or {}
+        total = counts.get("total") or 0
+        failed = counts.get("failed") or 0
+        done = (counts.get("completed") or 0) + failed
+        parts = [f"Batch {self.batch_id} {snapshot.status}"]
+        if total:
+            parts[0] += f": {done:,} of {total:,} lines done ({100 * done // total}%), {failed:,} failed"
+        if snapshot.created_at:
+            parts.append(f"{format_duration(now - snapshot.created_at)} since created")
+        elif self.started is not None:
+            parts.append(f"{format_duration(now - self.started)} waited")
+        if pause is not None and not snapshot.is_terminal:
+            parts.append(f"next look in {format_duration(pause)}")
+        if self.end_time != float("inf") and not snapshot.is_terminal:
+            parts.append(f"deadline in {format_duration(self.end_time - now)} ({format_utc(self.end_time)})")
+        return "; ".join(parts)
 
     def saved(self) -> dict[str, Any]:
         """The part of the wait that must survive a new process: JSON for a state store."""
@@ -356,3 +440,18 @@ def classify_completion(request_counts: dict[str, int] | None, max_failed_fracti
     if total == 0:
         return "success"
     return "too_many_failed_lines" if failed / total > max_failed_fraction else "success"
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``12m30s``, ``23h47m``: how long, at the precision a log reader wants."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def format_utc(moment: float) -> str:
+    """A wall-clock time in UTC, as Airflow shows times."""
+    return datetime.fromtimestamp(moment, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

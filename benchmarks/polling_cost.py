@@ -1,8 +1,9 @@
 """Polling cost: status calls per batch at default settings, this provider against the official one.
 
 Drives the real waiting code of both providers on a simulated clock (no sleeping, no HTTP): their
-``sleep`` advances the clock and their status call answers ``in_progress`` until the batch ends, then
-``completed`` (or ``expired`` for the batch that uses its whole 24 h window). The code driven:
+``sleep`` advances the clock and their status call answers ``in_progress`` with lines done at a steady
+rate over the first 90 % of the batch's time, ``finalizing`` for the last 10 %, then ``completed``; the
+batch that uses its whole 24 h window stalls at 80 % of its lines and ends ``expired``. The code driven:
 
 * ours, deferrable: ``OpenAIBatchTrigger.run()`` with the operator's defaults (``poll_interval=30``,
   ``max_poll_interval=300``, deadline 25 h after creation); the operator's synchronous wait,
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import random
 import statistics
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -62,9 +64,15 @@ class Clock:
     async def asleep(self, seconds: float) -> None:
         self.sleep(seconds)
 
-    def status(self) -> str:
+    def status(self) -> tuple[str, int]:
+        """The batch's status and the share of its lines done, in percent, at this moment."""
         self.calls += 1
-        return self.final if self.now >= self.ends_at else "in_progress"
+        if self.now >= self.ends_at:
+            return self.final, 100 if self.final == "completed" else 80
+        share = (self.now - T0) / (0.9 * (self.ends_at - T0))
+        if self.final == "expired":
+            return "in_progress", min(80, int(100 * share))
+        return ("in_progress", int(100 * share)) if share < 1 else ("finalizing", 100)
 
     @property
     def noticed_after(self) -> float:
@@ -76,9 +84,8 @@ def quiet(*args: Any) -> None:
 
 
 def snapshot(clock: Clock) -> BatchSnapshot:
-    status = clock.status()
-    done = status != "in_progress"
-    counts = {"total": 10, "completed": 10 if done else 3, "failed": 0}
+    status, percent = clock.status()
+    counts = {"total": 100, "completed": percent, "failed": 0}
     return BatchSnapshot(batch_id="batch_sim", status=status, request_counts=counts)
 
 
@@ -111,7 +118,8 @@ def simulated(module: Any, clock: Clock, **names: Any) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(mock.patch.object(module, "time", fake_time))
         if hasattr(module, "asyncio"):
-            stack.enter_context(mock.patch.object(module, "asyncio", SimpleNamespace(sleep=clock.asleep)))
+            fake_asyncio = SimpleNamespace(sleep=clock.asleep, wait_for=lambda awaitable, timeout: awaitable)
+            stack.enter_context(mock.patch.object(module, "asyncio", fake_asyncio))
         for name, value in names.items():
             stack.enter_context(mock.patch.object(module, name, value))
         yield
@@ -168,7 +176,7 @@ def official_defaults() -> tuple[float, float, float]:
 def fake_official_hook(clock: Clock) -> Callable[..., Any]:
     def build(*args: Any, **kwargs: Any) -> Any:
         return SimpleNamespace(
-            get_batch=lambda batch_id: SimpleNamespace(id=batch_id, status=clock.status()),
+            get_batch=lambda batch_id: SimpleNamespace(id=batch_id, status=clock.status()[0]),
             cancel_batch=lambda batch_id: None,
         )
 
@@ -219,6 +227,7 @@ WAITERS: dict[str, Callable[[float], Clock]] = {
 
 
 def main() -> None:
+    logging.getLogger("airflow_provider_batch").setLevel(logging.WARNING)  # a simulated day of log lines
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=21, help="simulations per case (random end moments)")
     parser.add_argument("--seed", type=int, default=0)

@@ -158,8 +158,14 @@ def test_deferred_operator_sensor_and_downstream_consumer(
     # Both waits went through the trigger (dag.test runs it inline and logs to stdout), whose
     # progress lines name the batch.
     triggered = "\n".join(line for line in log.splitlines() if TRIGGER_LOGGER in line)
-    assert f"Batch {batch_id} completed" in triggered
+    assert f"Batch {batch_id} completed: 5 of 5 lines done (100%), 0 failed" in triggered
     assert f"Batch {only['batch_id']} completed" in triggered
+    # No silence while waiting: the deferral, the trigger's start, and each look with the next.
+    assert f"Deferring: batch {batch_id} is watched in the triggerer" in log
+    assert f"Batch page: {emulator.base_url}/batches/{batch_id}" in log
+    assert f"Watching batch {batch_id} until " in triggered
+    assert "next look in" in triggered
+    assert "deadline in" in triggered
 
 
 @needs_airflow_3_3_dag_test

@@ -37,6 +37,7 @@ from airflow_provider_batch.status import (
     Wait,
     classify_completion,
     decide,
+    format_utc,
 )
 
 NOW = 1_000_000.0
@@ -108,16 +109,23 @@ def test_poll_failures_are_counted_up_to_the_budget() -> None:
     assert late.reason == "timeout"
 
 
-def test_wait_reports_progress_changes_and_an_unknown_status_once() -> None:
+def test_wait_reports_each_observation_and_an_unknown_status_once() -> None:
     wait = Wait(
         "batch_1", end_time=NOW + 3600, schedule=PollSchedule(initial=10, maximum=40, rng=random.Random(1))
     )
     counts = {"total": 4, "completed": 1, "failed": 0}
     assert 9 <= wait.pause(NOW) <= 11
-    first = wait.observe(snapshot("in_progress", request_counts=counts), NOW)
-    assert first.progress == "Batch batch_1 in_progress: 1 completed, 0 failed of 4"
-    assert 13.5 <= wait.pause(NOW) <= 16.5
-    assert wait.observe(snapshot("in_progress", request_counts=counts), NOW).progress is None
+    first = wait.observe(snapshot("in_progress", request_counts=counts, created_at=int(NOW) - 750), NOW)
+    assert 13.5 <= first.pause <= 16.5
+    assert first.progress == (
+        f"Batch batch_1 in_progress: 1 of 4 lines done (25%), 0 failed; 12m30s since created;"
+        f" next look in {round(first.pause)}s; deadline in 1h00m ({format_utc(NOW + 3600)})"
+    )
+    again = wait.observe(snapshot("in_progress", request_counts=counts), NOW + 15)
+    assert again.progress is not None
+    assert again.progress.startswith(
+        "Batch batch_1 in_progress: 1 of 4 lines done (25%), 0 failed; 15s waited"
+    )
     strange = [wait.observe(snapshot("paused"), NOW).warning for _ in range(3)]
     assert strange[0] is not None
     assert "paused" in strange[0]
@@ -125,9 +133,72 @@ def test_wait_reports_progress_changes_and_an_unknown_status_once() -> None:
     failed = wait.observe(PollFailure(True, "HTTP 500: boom", 500), NOW)
     assert failed.warning is not None
     assert "1/5" in failed.warning
-    assert wait.observe(snapshot("completed"), NOW).decision.reason == "completed"
-    assert wait.last is not None
-    assert wait.last.status == "completed"
+    assert f"next look in {round(failed.pause)}s" in failed.warning
+    done = wait.observe(snapshot("completed", request_counts={"total": 4, "completed": 4, "failed": 0}), NOW)
+    assert done.decision.reason == "completed"
+    assert done.pause == 0
+    assert done.progress == "Batch batch_1 completed: 4 of 4 lines done (100%), 0 failed; 0s waited"
+
+
+def test_the_wait_looks_again_when_the_progress_says_the_lines_end() -> None:
+    wait = Wait("batch_1", end_time=NOW + 86_400, schedule=PollSchedule(initial=30, maximum=300, jitter=0))
+    assert wait.pause(NOW) == 30
+    wait.observe(
+        snapshot("in_progress", request_counts={"total": 1000, "completed": 300, "failed": 0}), NOW + 30
+    )
+    # 650 lines in 45 s: the last 50 need about 3.5 s, so the next look comes at the floor (10 s),
+    # not after the schedule's 67.5 s.
+    step = wait.observe(
+        snapshot("in_progress", request_counts={"total": 1000, "completed": 940, "failed": 10}), NOW + 75
+    )
+    assert step.pause == 10
+    # All lines done: finalizing is looked at again after half as long as it has lasted so far.
+    finalizing = {"total": 1000, "completed": 990, "failed": 10}
+    moment, pauses = NOW + 85, []
+    for _ in range(8):
+        pauses.append(wait.observe(snapshot("finalizing", request_counts=finalizing), moment).pause)
+        moment += pauses[-1]
+    assert pauses[:6] == [10, 10, 10, 15, 22.5, 33.75]
+    # The early looks are spent: the schedule again.
+    assert pauses[-1] > 100
+
+
+def test_no_progress_no_prediction() -> None:
+    wait = Wait("batch_1", end_time=NOW + 86_400, schedule=PollSchedule(initial=30, maximum=300, jitter=0))
+    wait.pause(NOW)
+    stuck = {"total": 1000, "completed": 300, "failed": 0}
+    wait.observe(snapshot("in_progress", request_counts=stuck), NOW + 30)
+    assert wait.observe(snapshot("in_progress", request_counts=stuck), NOW + 75).pause == 67.5
+    assert wait.predicted_end(NOW + 75) is None
+    assert Wait("batch_1", end_time=NOW).predicted_end(NOW) is None
+
+
+@pytest.mark.parametrize("shape", ["linear", "stalls at 90 %", "bursts", "finalizes for 3 h"])
+def test_predictions_keep_a_24_hour_batch_within_300_status_calls(shape: str) -> None:
+    """The budget of ``benchmarks/polling_cost.py``: a batch that uses its whole window, with
+    progress that tempts the prediction in different ways, costs at most 300 status calls."""
+    total, ends = 50_000, 86_400.0
+
+    def done_at(elapsed: float) -> int:
+        share = elapsed / ends
+        if shape == "stalls at 90 %":
+            share = min(0.9, share * 20)
+        elif shape == "bursts":
+            share = min(1.0, (elapsed // 3600) / 24 + (0.04 if elapsed % 3600 > 3000 else 0.0))
+        elif shape == "finalizes for 3 h":
+            share = min(1.0, elapsed / (ends - 3 * 3600))
+        return min(total, int(total * share))
+
+    for seed in range(5):
+        wait = Wait("batch_1", end_time=NOW + 90_000, schedule=PollSchedule(rng=random.Random(seed)))
+        elapsed, calls = wait.pause(NOW), 0
+        while elapsed < ends:
+            calls += 1
+            done = done_at(elapsed)
+            status = "in_progress" if done < total else "finalizing"
+            counts = {"total": total, "completed": done, "failed": 0}
+            elapsed += wait.observe(snapshot(status, request_counts=counts), NOW + elapsed).pause
+        assert calls <= 300, (shape, seed, calls)
 
 
 def test_wait_never_sleeps_past_the_deadline() -> None:

@@ -517,12 +517,14 @@ class OpenAIBatchHook(BaseHook):
         """Poll until the wait ends; return the same event payload the trigger would yield, so
         the deferrable and the synchronous paths finish through the same code."""
         wait = Wait(batch_id, end_time, schedule or PollSchedule(), max_consecutive_failures)
+        pause = wait.pause(time.time())
         while True:
-            time.sleep(wait.pause(time.time()))
+            time.sleep(pause)
             step = wait.observe(self.poll_batch(batch_id), now=time.time())
             step.log_to(log)
             if step.decision.done:
                 return build_event(batch_id, step.decision, wait.last)
+            pause = step.pause
 
 
 def snapshot_of(batch: Batch) -> BatchSnapshot:

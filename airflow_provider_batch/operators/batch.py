@@ -232,6 +232,7 @@ class OpenAIBatchOperator(BaseOperator):
                 max_consecutive_failures=self.max_consecutive_failures,
                 cancel_on_kill=self.cancel_on_kill,
             )
+            self.log.info(trigger.deferral_message(self.hook.batch_url(batch.batch_id)))
             self.defer(trigger=trigger, method_name=DEFER_METHOD_NAME, timeout=trigger.defer_timeout())
         event = self.hook.wait_for_batch(
             batch.batch_id,

@@ -95,11 +95,12 @@ class OpenAIBatchSensor(BaseSensorOperator):
             max_consecutive_failures=self.max_consecutive_failures,
             cancel_on_kill=False,  # not our batch: waiting on it gives no right to cancel it
         )
+        self.log.info(trigger.deferral_message(self.hook.batch_url(self.batch_id)))
         self.defer(trigger=trigger, method_name=DEFER_METHOD_NAME, timeout=trigger.defer_timeout())
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
         wait = self._wait(context)
-        step = wait.observe(self.hook.poll_batch(self.batch_id), now=time.time())
+        step = wait.observe(self.hook.poll_batch(self.batch_id), now=time.time(), plan=False)
         step.log_to(self.log)
         if not step.decision.done:
             self._keep(context, wait)

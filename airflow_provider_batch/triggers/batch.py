@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Any
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_batch.events import build_event
-from airflow_provider_batch.status import DEFER_GRACE, BatchSnapshot, PollFailure, PollSchedule, Wait
+from airflow_provider_batch.status import (
+    DEFER_GRACE,
+    BatchSnapshot,
+    PollFailure,
+    PollSchedule,
+    Wait,
+    format_duration,
+    format_utc,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_batch.hooks.batch import OpenAIBatchHook
@@ -97,6 +105,14 @@ class OpenAIBatchTrigger(BaseTrigger):
         this trigger's own deadline event, which carries the batch's last state, always comes first."""
         return timedelta(seconds=max(0.0, self.end_time - time.time()) + self.max_poll_interval + DEFER_GRACE)
 
+    def deferral_message(self, batch_url: str) -> str:
+        """What the task log says as the task defers: the worker is free, and when to expect what."""
+        return (
+            f"Deferring: batch {self.batch_id} is watched in the triggerer, with no worker slot held;"
+            f" first look in about {self.poll_interval:g} s, deadline {format_utc(self.end_time)}"
+            f" (in {format_duration(self.end_time - time.time())}). Batch page: {batch_url}"
+        )
+
     async def ahook(self) -> OpenAIBatchHook:
         """The hook, built on first use (never in ``__init__``).
 
@@ -119,13 +135,21 @@ class OpenAIBatchTrigger(BaseTrigger):
         hook = await self.ahook()
         # Hold the loop's shared client for the whole wait; it is handed back however run() ends.
         async with hook.async_client():
+            pause = wait.pause(time.time())
+            self.log.info(
+                "Watching batch %s until %s; first look in %.0f s",
+                self.batch_id,
+                format_utc(self.end_time),
+                pause,
+            )
             while True:
-                await asyncio.sleep(wait.pause(time.time()))
+                await asyncio.sleep(pause)
                 step = wait.observe(await self._observe(hook, wait), now=time.time())
                 step.log_to(self.log)
                 if step.decision.done:
                     yield TriggerEvent(build_event(self.batch_id, step.decision, wait.last))
                     return
+                pause = step.pause
 
     async def _observe(self, hook: OpenAIBatchHook, wait: Wait) -> BatchSnapshot | PollFailure:
         """One observation, cut short by the wait's budget so that this trigger's deadline event
