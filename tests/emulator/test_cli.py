@@ -38,6 +38,10 @@ def test_help() -> None:
         "--time-scale",
         "--fault-rate",
         "--shuffle-output",
+        "--dialect",
+        "--file-processing-delay",
+        "--max-files-without-expiry",
+        "--token-limit-fail-fast",
     ):
         assert flag in result.stdout
     assert "BATCH_EMULATOR_<FLAG>" in result.stdout
