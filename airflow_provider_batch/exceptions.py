@@ -124,6 +124,17 @@ class OpenAIBatchInvalidInput(OpenAIBatchError, AirflowFailException, ValueError
         return type(self), (self.errors, self.unreported)
 
 
+class OpenAIBatchConfigError(OpenAIBatchError, AirflowFailException, ValueError):
+    """A setting of the task cannot work (the endpoint, ``output_path``, the connection's key),
+    found before anything is uploaded or submitted, so nothing is billed. Not retried: a retry
+    would meet the same setting."""
+
+
+class OpenAIBatchLandingError(OpenAIBatchError):
+    """The batch ran, but its results could not be written to ``output_path``. They are safe in
+    OpenAI's files, and a rerun re-attaches to the same batch instead of paying for a new one."""
+
+
 class OpenAIBatchTriggerEventError(OpenAIBatchError):
     """A trigger event that this version cannot trust (missing, malformed or from the future)."""
 

@@ -8,6 +8,8 @@ The module is pure so that any part of the provider, including the triggerer, ca
 
 from __future__ import annotations
 
+import difflib
+
 ENDPOINTS: tuple[str, ...] = (
     "/v1/responses",
     "/v1/chat/completions",
@@ -19,6 +21,19 @@ ENDPOINTS: tuple[str, ...] = (
     "/v1/videos",
 )
 """Values accepted for a batch's ``endpoint``; every request line's ``url`` must equal the batch's one."""
+
+
+def endpoint_problem(endpoint: object) -> str | None:
+    """Why ``endpoint`` is not a batch endpoint, with the likeliest intended one; ``None`` if it is."""
+    if endpoint in ENDPOINTS:
+        return None
+    text = str(endpoint).strip().rstrip("/")
+    # A part of an endpoint ("/v1/chat", "chat/completions") first, then a typo ("/v1/embedings").
+    parts = [candidate for candidate in ENDPOINTS if text and (text in candidate or candidate.endswith(text))]
+    guess = parts[:1] or difflib.get_close_matches(text, ENDPOINTS, n=1, cutoff=0.6)
+    hint = f" Did you mean {guess[0]!r}?" if guess else ""
+    return f"endpoint {endpoint!r} is not a batch endpoint; use one of {', '.join(ENDPOINTS)}.{hint}"
+
 
 MODEL_REQUIRED_ENDPOINTS: frozenset[str] = frozenset(
     {"/v1/responses", "/v1/chat/completions", "/v1/embeddings", "/v1/completions"}

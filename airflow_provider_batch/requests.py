@@ -28,11 +28,11 @@ import msgspec
 from airflow_provider_batch.exceptions import OpenAIBatchInvalidInput
 from airflow_provider_batch.jsonl import BLOCK_SIZE, JsonlLines
 from airflow_provider_batch.limits import (
-    ENDPOINTS,
     MAX_EMBEDDING_INPUTS,
     MAX_FILE_BYTES,
     MAX_REQUESTS,
     MODEL_REQUIRED_ENDPOINTS,
+    endpoint_problem,
 )
 
 if TYPE_CHECKING:
@@ -150,8 +150,8 @@ class _Checker:
     """
 
     def __init__(self, endpoint: str, max_errors: int) -> None:
-        if endpoint not in ENDPOINTS:
-            raise ValueError(f"endpoint must be one of {', '.join(ENDPOINTS)}; got {endpoint!r}")
+        if problem := endpoint_problem(endpoint):
+            raise ValueError(problem)
         if max_errors < 1:
             raise ValueError(f"max_errors must be at least 1; got {max_errors}")
         self.endpoint = endpoint

@@ -320,7 +320,11 @@ def test_invalid_input_error_survives_pickling() -> None:
 def test_arguments_are_checked(tmp_path: Path) -> None:
     path = tmp_path / "input.jsonl"
     path.write_bytes(jsonl(request()))
-    with pytest.raises(ValueError, match=r"endpoint must be one of /v1/responses, .*; got '/v1/chat'"):
+    with pytest.raises(
+        ValueError,
+        match=r"endpoint '/v1/chat' is not a batch endpoint; use one of /v1/responses, .*\. Did you mean"
+        r" '/v1/chat/completions'\?",
+    ):
         validate_batch_file(path, endpoint="/v1/chat")
     with pytest.raises(ValueError, match="max_errors must be at least 1; got 0"):
         validate_batch_file(path, endpoint=CHAT, max_errors=0)
@@ -660,7 +664,7 @@ def test_writer_limits(tmp_path: Path) -> None:
 
     with pytest.raises(OpenAIBatchInvalidInput, match="file: expected at least one request, got none"):
         write_batch_file([], path, endpoint=CHAT)
-    with pytest.raises(ValueError, match="endpoint must be one of"):
+    with pytest.raises(ValueError, match="Did you mean '/v1/chat/completions'"):
         write_batch_file([request()], path, endpoint="v1/chat/completions")
     assert not path.exists()
 

@@ -25,6 +25,7 @@ polling error, because the batch's state is then unknown and a cancel cannot be 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -41,12 +42,14 @@ from airflow_provider_batch import requests as batch_requests
 from airflow_provider_batch.events import build_event, snapshot_from_event, validate_event
 from airflow_provider_batch.exceptions import (
     REASON_TO_EXCEPTION,
+    OpenAIBatchConfigError,
     OpenAIBatchExpired,
     OpenAIBatchFailed,
+    OpenAIBatchLandingError,
     OpenAIBatchPartialFailure,
 )
 from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY, OpenAIBatchHook, snapshot_of
-from airflow_provider_batch.limits import MAX_METADATA_PAIRS
+from airflow_provider_batch.limits import MAX_METADATA_PAIRS, endpoint_problem
 from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink
 from airflow_provider_batch.results import summarize, write_joined
 from airflow_provider_batch.status import (
@@ -174,6 +177,8 @@ class OpenAIBatchOperator(BaseOperator):
             )
         if not 0.0 <= max_failed_fraction <= 1.0:
             raise ValueError(f"{self.task_id}: max_failed_fraction must be between 0 and 1")
+        if isinstance(endpoint, str) and "{{" not in endpoint and (problem := endpoint_problem(endpoint)):
+            raise ValueError(f"{self.task_id}: {problem}")  # a literal typo fails the DAG's import
         self.endpoint = endpoint
         self.input_file_id = input_file_id
         self.input_path = input_path
@@ -204,6 +209,10 @@ class OpenAIBatchOperator(BaseOperator):
     # execute -----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
+        if problem := endpoint_problem(self.endpoint):  # templated: known only now
+            raise OpenAIBatchConfigError(f"{self.task_id}: {problem}")
+        if self.output_path is not None:
+            require_writable(self.output_path)
         with tempfile.TemporaryDirectory(prefix="openai-batch-") as workdir:
             source = self._input_source(Path(workdir))
             key = submission_key(context, self.endpoint, _fingerprint(source, self.input_file_id))
@@ -418,8 +427,50 @@ def summarize_errors(hook: OpenAIBatchHook, batch: BatchSnapshot) -> dict[str, A
         return summarize(error_file=local, id_limit=OpenAIBatchPartialFailure.SHOWN_IDS).to_dict()
 
 
+def require_writable(output_path: Any) -> None:
+    """Refuse, before anything is uploaded, an ``output_path`` that results could not be written to:
+    an unknown scheme, a store whose package is not installed, a location without write access.
+
+    A probe file is written next to the destination and removed, the one test that every store
+    answers truthfully; found only after a day-long batch, the same error would cost the wait.
+    """
+    try:
+        destination = as_path(output_path)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        probe = destination.parent / f".{destination.name}.write-check"
+        with probe.open("wb") as handle:
+            handle.write(b"")
+        with contextlib.suppress(Exception):  # writing is what matters; some stores refuse deletes
+            probe.unlink()
+    except Exception as exc:
+        raise OpenAIBatchConfigError(
+            f"output_path {str(output_path)!r} cannot be written to ({type(exc).__name__}: {exc}). Nothing"
+            " was uploaded or submitted. Fix the path, its storage connection, or install the"
+            " filesystem package for its scheme (for example s3fs for s3://)."
+        ) from None
+
+
 def land_results(hook: OpenAIBatchHook, batch: BatchSnapshot, output_path: Any) -> dict[str, Any]:
-    """Download the result files and the input, and write the input-ordered join to ``output_path``."""
+    """Download the result files and the input, and write the input-ordered join to ``output_path``;
+    a failure says where the results are and that a rerun costs nothing."""
+    try:
+        return _land(hook, batch, output_path)
+    except Exception as exc:
+        files = ", ".join(
+            f"{name} file {file_id}"
+            for name, file_id in (("output", batch.output_file_id), ("error", batch.error_file_id))
+            if file_id
+        )
+        raise OpenAIBatchLandingError(
+            f"Batch {batch.batch_id} is {batch.status}, but its results could not be written to"
+            f" {str(output_path)!r} ({type(exc).__name__}: {exc}). They are safe in OpenAI's {files}."
+            " Fix output_path and clear or rerun the task: it re-attaches to this batch and only"
+            " lands the results again, without a new batch or a new bill.",
+            batch_id=batch.batch_id,
+        ) from exc
+
+
+def _land(hook: OpenAIBatchHook, batch: BatchSnapshot, output_path: Any) -> dict[str, Any]:
     destination = as_path(output_path)
     destination.parent.mkdir(parents=True, exist_ok=True)
     input_file_id = batch.input_file_id or hook.get_batch(batch.batch_id).input_file_id  # schema-1 events

@@ -21,7 +21,7 @@ from airflow_provider_batch.events import build_event, validate_event
 from airflow_provider_batch.exceptions import OpenAIBatchError
 from airflow_provider_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink
-from airflow_provider_batch.operators.batch import DEFER_METHOD_NAME, finish_batch
+from airflow_provider_batch.operators.batch import DEFER_METHOD_NAME, finish_batch, require_writable
 from airflow_provider_batch.status import Wait
 from airflow_provider_batch.triggers.batch import OpenAIBatchTrigger
 
@@ -80,6 +80,8 @@ class OpenAIBatchSensor(BaseSensorOperator):
         return self._hook
 
     def execute(self, context: Context) -> Any:
+        if self.output_path is not None:
+            require_writable(self.output_path)  # before the wait, not after it
         context["ti"].xcom_push(key=BATCH_URL_XCOM_KEY, value=self.hook.batch_url(self.batch_id))
         if not self.deferrable:
             return super().execute(context)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,9 +26,11 @@ from airflow.providers.common.compat.sdk import TaskDeferred  # airflow.sdk.exce
 from airflow_provider_batch.emulator.process import EmulatorProcess
 from airflow_provider_batch.exceptions import (
     OpenAIBatchCancelled,
+    OpenAIBatchConfigError,
     OpenAIBatchError,
     OpenAIBatchExpired,
     OpenAIBatchFailed,
+    OpenAIBatchLandingError,
     OpenAIBatchPartialFailure,
     OpenAIBatchPollingError,
     OpenAIBatchTimeout,
@@ -489,3 +493,55 @@ def test_metadata_and_failed_fraction_limits_are_checked_at_parse_time() -> None
     operator(metadata={f"k{i}": "v" for i in range(11)})
     with pytest.raises(ValueError, match="max_failed_fraction"):
         operator(max_failed_fraction=1.5)
+
+
+# checks before paying -------------------------------------------------------------------------------
+
+
+def test_a_literal_endpoint_typo_fails_when_the_dag_is_parsed() -> None:
+    with pytest.raises(
+        ValueError,
+        match=r"unit_task: endpoint '/v1/chat/completion' is not a batch endpoint; use one of .*"
+        r" Did you mean '/v1/chat/completions'\?",
+    ):
+        operator(endpoint="/v1/chat/completion")
+    operator(endpoint="{{ params.endpoint }}")  # templated: checked once rendered, at run time
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "complaint"),
+    [
+        ("endpoint", "/v1/chat", "Did you mean '/v1/chat/completions'"),  # as a template rendered it
+        ("output_path", "nosuchfs://bucket/results.jsonl", "output_path 'nosuchfs://bucket/results.jsonl'"),
+        ("output_path", "{file}/results.jsonl", "cannot be written to (FileExistsError"),
+    ],
+)
+def test_settings_that_cannot_work_fail_before_anything_is_uploaded(
+    server: EmulatorProcess, tmp_path: Path, setting: str, value: str, complaint: str
+) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    op = operator(deferrable=False)
+    setattr(op, setting, value.format(file=a_file))
+
+    with pytest.raises(OpenAIBatchConfigError, match=re.escape(complaint)) as raised:
+        op.execute(make_context())
+
+    assert "AirflowFailException" in {cls.__name__ for cls in type(raised.value).__mro__}, "not retried"
+    assert server.stats()["requests"] == {}, "nothing was looked up, uploaded or submitted"
+
+
+def test_results_that_cannot_be_landed_name_the_batch_its_files_and_the_free_rerun(
+    server: EmulatorProcess, tmp_path: Path
+) -> None:
+    op = operator(output_path=str(tmp_path / "results.jsonl"))
+    payload = event(batch_id="batch_landing", output_file_id="file-out", error_file_id="file-err")
+    (tmp_path / "results.jsonl").mkdir()  # the destination became a directory while the batch ran
+
+    with pytest.raises(OpenAIBatchLandingError) as raised:
+        op.execute_complete(make_context(), event=payload)
+
+    message = str(raised.value)
+    assert raised.value.batch_id == "batch_landing"
+    assert "output file file-out, error file file-err" in message
+    assert "re-attaches to this batch" in message
