@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from airflow.triggers.base import TriggerEvent
 
+from airflow_provider_batch import status as status_module
 from airflow_provider_batch.emulator.process import EmulatorProcess
 from airflow_provider_batch.hooks.batch import SHARED_ASYNC_CLIENTS, OpenAIBatchHook
 from airflow_provider_batch.triggers.batch import OpenAIBatchTrigger
@@ -141,15 +142,15 @@ async def test_completed_batch_yields_one_success_event_after_the_transitions(
     tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    server = make_emulator("--validating-delay", "0.2", "--finalizing-delay", "0.2", "--line-delay", "0.05")
+    server = make_emulator("--validating-delay", "0.6", "--finalizing-delay", "0.6", "--line-delay", "0.05")
     connect(server)
     batch_id = submit(server, tmp_path, lines=4)
     payload = only_payload(await collect(make_trigger(batch_id)))
     assert payload["status"] == "success"
     assert payload["termination_reason"] == "completed"
-    assert payload["request_counts"] == {"total": 4, "completed": 4, "failed": 0}
-    assert payload["output_file_id"]
-    assert payload["error_file_id"] is None
+    assert payload["batch"]["request_counts"] == {"total": 4, "completed": 4, "failed": 0}
+    assert payload["batch"]["output_file_id"]
+    assert payload["batch"]["error_file_id"] is None
     seen = capsys.readouterr().out  # the triggerer's structured log goes to stdout
     for status in ("validating", "in_progress", "finalizing"):
         assert f"{batch_id} {status}" in seen
@@ -173,16 +174,16 @@ async def test_failed_and_expired_batches(
 ) -> None:
     connect(dialect_emulator)
     payload = only_payload(await collect(make_trigger(submit(dialect_emulator, tmp_path, **metadata))))
-    assert (payload["status"], payload["termination_reason"], payload["openai_status"]) == (
+    assert (payload["status"], payload["termination_reason"], payload["batch"]["status"]) == (
         status,
         reason,
         status,
     )
     if status == "failed":
-        assert payload["errors"][0]["code"] == "token_limit_exceeded"
+        assert payload["batch"]["errors"][0]["code"] == "token_limit_exceeded"
     else:
-        assert payload["output_file_id"]
-        assert payload["error_file_id"]
+        assert payload["batch"]["output_file_id"]
+        assert payload["batch"]["error_file_id"]
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
@@ -195,8 +196,8 @@ async def test_cancelling_is_waited_out_until_cancelled(
     )
     dialect_emulator.client().batches.cancel(batch_id)
     payload = only_payload(await collect(make_trigger(batch_id)))
-    assert (payload["status"], payload["openai_status"]) == ("cancelled", "cancelled")
-    assert payload["error_file_id"]  # the unfinished lines, written once cancelling is over
+    assert (payload["status"], payload["batch"]["status"]) == ("cancelled", "cancelled")
+    assert payload["batch"]["error_file_id"]  # the unfinished lines, written once cancelling is over
 
 
 @pytest.mark.parametrize(
@@ -215,7 +216,7 @@ async def test_deadline_yields_timeout_with_the_last_status(
     await asyncio.sleep(0.1)
     payload = only_payload(await collect(make_trigger(batch_id, end_time=time.time() + 0.3)))
     assert payload["status"] == "timeout"
-    assert payload["openai_status"] in {"validating", "in_progress", "finalizing"}
+    assert payload["batch"]["status"] in {"validating", "in_progress", "finalizing"}
     emulator.client().batches.cancel(batch_id)
 
 
@@ -363,3 +364,34 @@ async def test_on_kill_swallows_errors(emulator: EmulatorProcess, connect: Calla
     batch_id = submit(emulator, tmp_path)
     await collect(make_trigger(batch_id))  # completed: cancelling it now is a 400
     await make_trigger(batch_id).on_kill()  # logged, not raised
+
+
+async def test_a_hanging_status_call_cannot_outlast_the_deadline(
+    make_emulator: Callable[..., EmulatorProcess],
+    connect: Callable,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A status call that hangs near the deadline (the HTTP timeout plus the retry policy allow 15
+    minutes) is cut short ``OBSERVATION_GRACE`` past it, so the trigger's own timeout event, with
+    the batch's last state, comes before Airflow's deferral timeout would end the task blind."""
+    monkeypatch.setattr(status_module, "OBSERVATION_GRACE", 1.0)  # 30 s in production; the rule is the same
+    server = make_emulator()
+    connect(server)
+    batch_id = submit(server, tmp_path, lines=1, emulator_line_delay="60")
+    trigger = make_trigger(batch_id, end_time=time.time() + 2, poll_interval=0.2, max_poll_interval=0.2)
+    airflow_gives_up_at = time.time() + trigger.defer_timeout().total_seconds()
+    run = asyncio.ensure_future(collect(trigger))
+    while not server.stats()["requests"].get("GET /v1/batches/{id}"):  # noqa: ASYNC110 (another process)
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(server.configure, faults={"latency": 600})  # every later call hangs
+
+    payload = only_payload(await asyncio.wait_for(run, timeout=30))
+
+    ended = time.time()
+    assert payload["termination_reason"] == "timeout"
+    assert payload["batch"]["status"] == "in_progress", "the last state seen is kept"
+    assert ended <= trigger.end_time + status_module.OBSERVATION_GRACE + 1.0
+    assert ended < airflow_gives_up_at
+    await asyncio.to_thread(server.configure, faults={"latency": 0})
+    server.client().batches.cancel(batch_id)
