@@ -2,13 +2,13 @@
 OpenAI-compatible server, behind one connection and one retry policy.
 
 The connection (type ``openai_batch``; connections of the official provider's type ``openai``
-work unchanged):
+are read as that provider documents them, ``openai_client_kwargs`` included):
 
 - password: the API key;
 - host: the base URL (or extra ``base_url``), e.g. ``http://127.0.0.1:8000/v1`` for the emulator;
 - extra ``organization``, ``project``, ``timeout`` (seconds per HTTP call), ``default_headers``
-  (object), ``max_connections`` (HTTP connections per client, default 50; see
-  :data:`MAX_CONNECTIONS`);
+  and ``default_query`` (objects), ``max_connections`` (HTTP connections per client, default 50;
+  see :data:`MAX_CONNECTIONS`);
 - extra ``max_retries``, ``retry_initial_wait``, ``retry_max_wait``, ``retry_max_total``: the
   :class:`~airflow_provider_batch.hooks.retry.RetryPolicy` (5 retries, 1 s doubling to 60 s,
   300 s in all by default);
@@ -84,6 +84,7 @@ class ClientConfig:
     project: str | None = None
     timeout: float = 600.0
     default_headers: tuple[tuple[str, str], ...] = ()
+    default_query: tuple[tuple[str, str], ...] = ()
     api_type: str = "openai"
     api_version: str | None = None
     azure_endpoint: str | None = None
@@ -93,6 +94,7 @@ class ClientConfig:
     @classmethod
     def from_connection(cls, conn: Connection, extra: dict[str, Any]) -> ClientConfig:
         """Read a connection of type ``openai_batch`` (or the official provider's ``openai``)."""
+        extra = _flatten_client_kwargs(conn.conn_id, extra)
         api_type = str(extra.get("api_type") or "openai").lower()
         if api_type not in ("openai", "azure"):
             raise ValueError(f"connection {conn.conn_id!r}: extra 'api_type' must be 'openai' or 'azure'")
@@ -103,18 +105,21 @@ class ClientConfig:
             host = f"{host}:{conn.port}"
         base_url = extra.get("base_url") or (host if api_type == "openai" else None)
         headers = extra.get("default_headers") or {}
-        if not isinstance(headers, dict):
-            raise ValueError(f"connection {conn.conn_id!r}: extra 'default_headers' must be an object")
+        query = extra.get("default_query") or {}
+        for name, value in (("default_headers", headers), ("default_query", query)):
+            if not isinstance(value, dict):
+                raise ValueError(f"connection {conn.conn_id!r}: extra {name!r} must be an object")
         max_connections = int(extra.get("max_connections", MAX_CONNECTIONS))
         if max_connections < 1:
             raise ValueError(f"connection {conn.conn_id!r}: extra 'max_connections' must be at least 1")
         return cls(
-            api_key=conn.password or None,
+            api_key=extra.get("api_key") or conn.password or None,
             base_url=base_url,
             organization=extra.get("organization") or None,
             project=extra.get("project") or None,
             timeout=float(extra.get("timeout", 600.0)),
             default_headers=tuple(sorted((str(k), str(v)) for k, v in headers.items())),
+            default_query=tuple(sorted((str(k), str(v)) for k, v in query.items())),
             api_type=api_type,
             api_version=extra.get("api_version") or None,
             azure_endpoint=extra.get("azure_endpoint") or (host if api_type == "azure" else None),
@@ -131,6 +136,7 @@ class ClientConfig:
             "timeout": self.timeout,
             "max_retries": 0,  # the hook's RetryPolicy owns retries; see hooks/retry.py
             "default_headers": dict(self.default_headers) or None,
+            "default_query": dict(self.default_query) or None,
         }
         if self.api_type == "azure":
             if not self.azure_endpoint or not self.api_version:
@@ -154,6 +160,59 @@ class ClientConfig:
             max_connections=self.max_connections, max_keepalive_connections=self.max_connections
         )
         return cls(**self.client_kwargs(), http_client=http_client_cls(limits=limits))
+
+
+CLIENT_KWARGS_EXTRA = "openai_client_kwargs"
+"""The official provider's extra: keyword arguments for the ``OpenAI`` client."""
+HONOURED_CLIENT_KWARGS = frozenset(
+    {
+        "api_key",
+        "base_url",
+        "organization",
+        "project",
+        "timeout",
+        "max_retries",
+        "default_headers",
+        "default_query",
+    }
+)
+"""The ``openai_client_kwargs`` this hook applies; any other one is refused, never dropped."""
+
+
+def _flatten_client_kwargs(conn_id: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """The extra with the official provider's ``openai_client_kwargs`` merged in, so that a
+    connection written for ``apache-airflow-providers-openai`` means the same here.
+
+    As there, ``api_key`` and ``base_url`` in it win over the password and the host. A setting this
+    hook cannot honour is refused with the reason: silently dropping ``base_url`` would send the
+    traffic, and the key, to api.openai.com instead of the gateway the user configured.
+    """
+    client_kwargs = extra.get(CLIENT_KWARGS_EXTRA)
+    auth_type = extra.get("auth_type", "api_key")
+    if auth_type != "api_key":
+        raise ValueError(
+            f"connection {conn_id!r}: extra auth_type={auth_type!r} is not supported by the OpenAI Batch"
+            " provider; use an API key (the connection's password, or openai_client_kwargs.api_key)"
+        )
+    if client_kwargs is None:
+        return extra
+    if not isinstance(client_kwargs, dict):
+        raise ValueError(f"connection {conn_id!r}: extra {CLIENT_KWARGS_EXTRA!r} must be an object")
+    if unknown := sorted(set(client_kwargs) - HONOURED_CLIENT_KWARGS):
+        raise ValueError(
+            f"connection {conn_id!r}: {CLIENT_KWARGS_EXTRA} {', '.join(unknown)} cannot be applied by the"
+            f" OpenAI Batch provider (it applies {', '.join(sorted(HONOURED_CLIENT_KWARGS))}); remove"
+            " them or set the equivalent extra of an openai_batch connection"
+        )
+    merged = dict(extra)
+    for name, value in client_kwargs.items():
+        if name not in ("api_key", "base_url") and extra.get(name) not in (None, value):
+            raise ValueError(
+                f"connection {conn_id!r}: {name!r} is set twice, differently, in extra and in"
+                f" {CLIENT_KWARGS_EXTRA}; keep one"
+            )
+        merged[name] = value
+    return merged
 
 
 @dataclass

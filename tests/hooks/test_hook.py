@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import openai
 import pytest
@@ -104,6 +106,89 @@ def test_official_openai_connection_type_is_read(monkeypatch: pytest.MonkeyPatch
         extra={"base_url": "http://127.0.0.1:9/v1"},
     )
     assert str(OpenAIBatchHook(conn_id="legacy").get_conn().base_url) == "http://127.0.0.1:9/v1/"
+
+
+OFFICIAL_KEY = "sk-official-form-0123456789"
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        # The official provider's quick start: the key as the password, the server as the host.
+        pytest.param({"password": OFFICIAL_KEY, "host": "{base_url}"}, id="password-and-host"),
+        # Its connection page: everything in openai_client_kwargs, as that provider passes it on.
+        pytest.param(
+            {
+                "extra": {
+                    "openai_client_kwargs": {"timeout": 10, "api_key": OFFICIAL_KEY, "base_url": "{base_url}"}
+                }
+            },
+            id="openai-client-kwargs",
+        ),
+        # Both, as a gateway user might: the client kwargs win, as they do there.
+        pytest.param(
+            {
+                "password": "sk-not-this-one-0123456789",
+                "host": "http://127.0.0.1:9/v1",
+                "extra": {"openai_client_kwargs": {"api_key": OFFICIAL_KEY, "base_url": "{base_url}"}},
+            },
+            id="client-kwargs-win",
+        ),
+    ],
+)
+def test_a_connection_written_for_the_official_provider_works_unchanged(
+    make_emulator: Callable[..., EmulatorProcess], monkeypatch: pytest.MonkeyPatch, fields: dict[str, Any]
+) -> None:
+    server = make_emulator(api_key=OFFICIAL_KEY)  # any other key is refused: the key really travels
+    written = json.loads(json.dumps(fields).replace("{base_url}", server.base_url))
+    use_connection(monkeypatch, "official_form", conn_type="openai", **written)
+    hook = OpenAIBatchHook(conn_id="official_form")
+
+    assert hook.test_connection()[0], "the key and the base URL reached the emulator"
+    assert str(hook.get_conn().base_url) == f"{server.base_url}/"
+    if "openai_client_kwargs" in written.get("extra", {}):
+        assert hook.get_conn().timeout == written["extra"]["openai_client_kwargs"].get("timeout", 600.0)
+
+
+@pytest.mark.parametrize(
+    ("extra", "complaint"),
+    [
+        (
+            {"openai_client_kwargs": {"http_client": "x", "websocket_base_url": "y"}},
+            "http_client, websocket_base_url cannot be applied",
+        ),
+        ({"openai_client_kwargs": ["timeout", 10]}, "'openai_client_kwargs' must be an object"),
+        (
+            {"auth_type": "workload_identity", "identity_provider_id": "p"},
+            "auth_type='workload_identity' is not supported",
+        ),
+        ({"timeout": 30, "openai_client_kwargs": {"timeout": 10}}, "'timeout' is set twice"),
+    ],
+)
+def test_official_settings_that_cannot_be_honoured_are_refused(
+    monkeypatch: pytest.MonkeyPatch, extra: dict[str, Any], complaint: str
+) -> None:
+    use_connection(monkeypatch, "refused", conn_type="openai", password=OFFICIAL_KEY, extra=extra)
+    with pytest.raises(ValueError, match=re.escape(complaint)) as raised:
+        OpenAIBatchHook(conn_id="refused").get_conn()
+    assert "connection 'refused'" in str(raised.value)
+    assert OFFICIAL_KEY not in str(raised.value)
+
+
+def test_client_kwargs_max_retries_and_default_query_are_applied(monkeypatch: pytest.MonkeyPatch) -> None:
+    kwargs = {"max_retries": 1, "default_query": {"tenant": "t1"}, "organization": "org-1", "project": "p"}
+    use_connection(
+        monkeypatch,
+        "tuned",
+        conn_type="openai",
+        password=OFFICIAL_KEY,
+        extra={"openai_client_kwargs": kwargs},
+    )
+    hook = OpenAIBatchHook(conn_id="tuned")
+    assert hook.retry_policy.max_attempts == 2
+    client = hook.get_conn()
+    assert (client.organization, client.project, client.max_retries) == ("org-1", "p", 0)
+    assert client._custom_query == {"tenant": "t1"}
 
 
 async def test_azure_connection_builds_azure_clients(monkeypatch: pytest.MonkeyPatch) -> None:
