@@ -1,14 +1,18 @@
 """A real Airflow on this machine: api-server, scheduler, dag-processor and triggerer, with the
-LocalExecutor and a project-local AIRFLOW_HOME, started and stopped by PID.
+LocalExecutor and a project-local AIRFLOW_HOME, started and stopped by PID; and a throwaway
+PostgreSQL server for its metadata database.
 
 ``make demo`` and the end-to-end tests use it, so both run what users run: the real scheduler
 defers the task, the real triggerer runs our trigger, and the REST API is what a person clicking
 in the UI would call. SQLite by default; any SQLAlchemy URL (PostgreSQL) works.
+
+Every process started here is guarded (``airflow_provider_batch/emulator/guardian.py``): it stops,
+with its task workers and anything else it started, when the process that started it dies, even by
+SIGKILL, when no ``finally`` block runs.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -23,7 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from airflow_provider_batch.emulator.guardian import ProcessTree, describe, guard, guard_pid_file
+
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+POSTGRES_SCRIPT = Path(__file__).resolve().with_name("postgres.sh")
+STOP_GRACE = 20.0
+"""Seconds the components get to end on SIGTERM before they are SIGKILLed."""
 
 
 def free_port() -> int:
@@ -99,31 +108,30 @@ class AirflowStack:
     def start_component(self, name: str) -> None:
         log = (self.home / "logs" / f"{name}.log").open("ab")
         command = [self.airflow, name] + (["--port", str(self.port)] if name == "api-server" else [])
-        self.processes[name] = subprocess.Popen(
+        # A session of its own: signals to the component's group or session spare this process,
+        # and a terminal's Ctrl-C reaches only this process, whose ``finally`` stops the stack.
+        process = subprocess.Popen(
             command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
+        guard(process.pid)
+        self.processes[name] = process
 
     def kill_component(self, name: str, sig: int = signal.SIGKILL) -> None:
-        """Stop one component and everything it spawned (a crash when ``sig`` is SIGKILL)."""
+        """Signal one component and everything it started: its workers, their tasks (each in a
+        process group of its own) and their children; a crash when ``sig`` is SIGKILL."""
         process = self.processes.pop(name)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
+        ProcessTree([process.pid]).signal(sig)
         process.wait(30)
 
     def stop(self) -> None:
-        for name in list(self.processes):
-            process = self.processes[name]
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 20
+        """SIGTERM every component and everything it started, SIGKILL what is left after
+        STOP_GRACE seconds; raise if anything survives even that."""
+        left = ProcessTree(process.pid for process in self.processes.values()).stop(STOP_GRACE)
         for name, process in list(self.processes.items()):
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+            process.wait(10)
             self.processes.pop(name)
+        if left:
+            raise RuntimeError(f"processes of the Airflow stack survived SIGKILL:\n{describe(left)}")
 
     def __enter__(self) -> AirflowStack:
         return self
@@ -211,3 +219,41 @@ class AirflowStack:
 
     def remove(self) -> None:
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+class Postgres:
+    """A throwaway PostgreSQL server (``scripts/postgres.sh``) on a free port, for the metadata
+    database.
+
+    ``pg_ctl`` detaches the postmaster into a session of its own, so once the script has ended no
+    parent-child link leads to the server. The guardian is told its ``postmaster.pid`` before the
+    script starts, and the script itself while it runs: a parent killed at any moment of the start
+    leaves neither a half-made cluster's ``initdb`` nor a server behind.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.data_dir = Path(f"/tmp/airflow-provider-batch-pg-{self.port}")
+        """Under ``/tmp``, not a private temporary directory: the server may run as user
+        ``postgres``, which must be able to reach it."""
+        self.url = ""
+
+    def start(self) -> str:
+        """Start the server; return its SQLAlchemy URL."""
+        guard_pid_file(self.data_dir / "postmaster.pid")
+        script = subprocess.Popen(
+            self._command("start"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        guard(script.pid)
+        stdout, stderr = script.communicate(timeout=600)
+        if script.returncode != 0:
+            raise RuntimeError(f"postgres.sh start failed:\n{stdout}\n{stderr}")
+        self.url = stdout.strip().splitlines()[-1]
+        return self.url
+
+    def stop(self) -> None:
+        """Stop the server and remove its data directory."""
+        subprocess.run(self._command("stop"), capture_output=True, timeout=120, check=False)
+
+    def _command(self, action: str) -> list[str]:
+        return ["bash", str(POSTGRES_SCRIPT), action, str(self.port), str(self.data_dir)]

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL server for the end-to-end tier, from Debian's packages.
-#   scripts/postgres.sh start PORT   installs PostgreSQL if missing, starts a fresh cluster on
-#                                    127.0.0.1:PORT and prints its SQLAlchemy URL
-#   scripts/postgres.sh stop PORT    stops it and removes its data directory
-# CI machines have no database; this makes the project bring its own.
+#   scripts/postgres.sh start PORT DIR   installs PostgreSQL if missing, starts a fresh cluster in
+#                                        DIR on 127.0.0.1:PORT and prints its SQLAlchemy URL
+#   scripts/postgres.sh stop PORT DIR    stops it and removes DIR
+# CI machines have no database; this makes the project bring its own. Python starts it through
+# airflow_stack.Postgres, which makes sure the server stops when the Python process dies.
 set -euo pipefail
 action=${1:?start or stop}
-port=${2:-55432}
-data=/tmp/airflow-provider-batch-pg-$port
+port=${2:?port}
+data=${3:?data directory}
 
 as_postgres() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi

@@ -1,7 +1,8 @@
 """Run the emulator in a child process: what tests, the demo and the benchmarks share.
 
 The child is the real command line (``python -m airflow_provider_batch.emulator``) on a free
-port, so everything talks HTTP over real sockets, exactly as a user's client would.
+port, so everything talks HTTP over real sockets, exactly as a user's client would. It is guarded
+(``guardian.py``): it stops when the process that started it dies, even by SIGKILL.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from airflow_provider_batch.emulator.guardian import guard
 
 
 class EmulatorProcess:
@@ -33,6 +36,7 @@ class EmulatorProcess:
         self.process = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=self._log, env=os.environ.copy()
         )
+        guard(self.process.pid)  # stopped even if this process is killed (see guardian.py)
         assert self.process.stdout is not None
         first_line = self.process.stdout.readline().decode().strip()
         if not first_line.startswith("http"):

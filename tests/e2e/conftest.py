@@ -2,7 +2,8 @@
 requires a canary API key and one real Airflow (api-server, scheduler with the LocalExecutor,
 dag-processor, triggerer) serving ``tests/e2e/dags``. Both are session-scoped and shared by every
 test of that backend; pytest groups the tests by backend, so one stack runs at a time. Everything
-started here is stopped by PID in ``finally`` blocks, also when a test or a start fails.
+started here is stopped by PID in ``finally`` blocks, also when a test or a start fails, and by
+the guardian (``airflow_provider_batch/emulator/guardian.py``) when pytest itself is killed.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import configparser
 import json
 import secrets
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from airflow_stack import AirflowStack, free_port  # noqa: E402
+from airflow_stack import AirflowStack, Postgres  # noqa: E402
 
 from airflow_provider_batch.emulator.process import EmulatorProcess  # noqa: E402
 from tests.e2e.dags.e2e_common import (  # noqa: E402
@@ -34,7 +34,6 @@ from tests.e2e.dags.e2e_common import (  # noqa: E402
 from tests.e2e.support import E2E, KillWatcher, MetadataDB  # noqa: E402
 
 DAGS_FOLDER = Path(__file__).resolve().parent / "dags"
-POSTGRES_SCRIPT = ROOT / "scripts" / "postgres.sh"
 CANARY = f"sk-e2e-canary-{secrets.token_hex(16)}"
 """The connection's API key. The emulator refuses any other key, so every call really carries it;
 it must never surface in logs, XCom or the metadata database."""
@@ -53,17 +52,11 @@ def database(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         path = tmp_path_factory.mktemp("sqlite") / "airflow.db"
         yield MetadataDB(f"sqlite:///{path}", [path, path.with_name("airflow.db-wal")])
         return
-    port = str(free_port())
+    server = Postgres()
     try:
-        started = subprocess.run(
-            ["bash", str(POSTGRES_SCRIPT), "start", port], capture_output=True, text=True, timeout=600
-        )
-        if started.returncode != 0:
-            pytest.fail(f"postgres.sh start failed:\n{started.stdout}\n{started.stderr}")
-        url = started.stdout.strip().splitlines()[-1]
-        yield MetadataDB(url, [Path(f"/tmp/airflow-provider-batch-pg-{port}")])
+        yield MetadataDB(server.start(), [server.data_dir])
     finally:
-        subprocess.run(["bash", str(POSTGRES_SCRIPT), "stop", port], capture_output=True, timeout=120)
+        server.stop()
 
 
 @pytest.fixture(scope="session")
