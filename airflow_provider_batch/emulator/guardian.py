@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped]  # no stubs installed; its objects are Any here
+import psutil
 
 GRACE = 5.0
 """Seconds the guardian gives the processes to end on SIGTERM before it SIGKILLs them."""
