@@ -17,7 +17,7 @@ NEWEST_VENV := .venv-py3.13
 NO_SCHEDULER := -m "not e2e and not package" -p no:cacheprovider
 
 .PHONY: install lint typecheck format test test-current test-lowest test-py313 test-package docs demo bench \
-	emulator clean
+	emulator try clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -82,6 +82,11 @@ bench: $(BENCH_STAMP)
 
 emulator: install
 	$(BIN)/python -m airflow_provider_batch.emulator --port 8000 --data-dir .emulator
+
+# Your own DAGs on the emulator: a fresh Airflow home under .try/, the emulator, connection
+# openai_default on it; a shell there (or CMD), and the emulator stopped when it ends.
+try: install
+	$(BIN)/python scripts/try_dags.py --dags "$(DAGS)" -- $(CMD)
 
 clean:
 	rm -rf $(VENV) $(LOWEST_VENV) $(NEWEST_VENV) .pytest_cache .ruff_cache .mypy_cache site dist .demo
