@@ -21,6 +21,8 @@ from typing import Any
 import msgspec
 import psutil
 
+from airflow_provider_batch.emulator.guardian import guard
+
 MB = 1_000_000  # the tables' MB: 10^6 bytes
 
 
@@ -87,10 +89,15 @@ def run_child_figures(script: str, *arguments: str, env: Mapping[str, str] | Non
 
     A fresh process per run keeps one run's heap from inflating or hiding the next one's memory. A failing
     child raises ``CalledProcessError`` (its stderr on the exception) rather than leave a hole in the table.
+    The child is guarded: it stops with this process, however that ends (see ``guardian.py``).
     """
     command = [sys.executable, script, *arguments]
-    finished = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
-    figures: dict[str, Any] = json.loads(finished.stdout.strip().splitlines()[-1])
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    guard(child.pid)
+    stdout, stderr = child.communicate()
+    if child.returncode != 0:
+        raise subprocess.CalledProcessError(child.returncode, command, stdout, stderr)
+    figures: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     return figures
 
 

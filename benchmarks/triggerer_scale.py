@@ -61,6 +61,7 @@ from typing import Any
 
 from _measure import PeakRss
 
+from airflow_provider_batch.emulator.guardian import guard
 from airflow_provider_batch.emulator.process import EmulatorProcess
 
 SIDES = ("ours", "official")
@@ -164,6 +165,7 @@ def run_side(
             env=env,
             text=True,
         )
+        guard(child.pid)  # stopped with this process, however it ends (see guardian.py)
         assert child.stdin is not None
         assert child.stdout is not None
         if child.stdout.readline().strip() != "ready":

@@ -13,6 +13,9 @@ Against OpenAI (or any compatible server) instead of the emulator::
 Airflow an Azure connection (``api_type: azure``, ``azure_endpoint``, ``api_version``).
 
 ``DEMO_KEEP=1`` leaves Airflow running at the end so you can look around in the UI.
+
+Everything it starts is guarded (``airflow_provider_batch/emulator/guardian.py``): stopping the demo
+by any means, even ``kill -9``, stops Airflow and the emulator with it; ``DEMO_KEEP=1`` releases them.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from airflow_stack import AirflowStack
 
+from airflow_provider_batch.emulator.guardian import release
 from airflow_provider_batch.emulator.process import EmulatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +80,9 @@ def main() -> None:
         summarise(stack, run_id)
     finally:
         if os.environ.get("DEMO_KEEP"):
+            kept = [*stack.processes.values(), *([emulator.process] if emulator else [])]
+            for process in kept:
+                release(process.pid)
             print(
                 f"\nAirflow keeps running at {stack.url} (PIDs {[p.pid for p in stack.processes.values()]})."
             )
