@@ -30,6 +30,7 @@ COMPONENT = """
 import subprocess, time
 subprocess.Popen(["sleep", "3601"], process_group=0)
 subprocess.Popen(["sleep", "3602"], start_new_session=True)
+print("started", flush=True)
 time.sleep(3600)
 """
 DAEMON = """
@@ -53,8 +54,12 @@ def main(work: Path) -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     emulator = EmulatorProcess(work / "emulator")
     try:
-        component = subprocess.Popen([sys.executable, "-c", COMPONENT], start_new_session=True)
+        component = subprocess.Popen(
+            [sys.executable, "-c", COMPONENT], stdout=subprocess.PIPE, start_new_session=True
+        )
         guard(component.pid)
+        assert component.stdout is not None
+        component.stdout.readline()  # its children run
         guard_pid_file(work / "daemon.pid")
         subprocess.run([sys.executable, "-c", DAEMON, str(work)], check=True, timeout=30)
         kept = subprocess.Popen(["sleep", "3604"])

@@ -45,13 +45,15 @@ def test_a_dying_parent_takes_its_guarded_tree_along(tmp_path: Path, sig: signal
     tree: list[psutil.Process] = []
     try:
         assert child.stdout is not None
-        pids = json.loads(child.stdout.readline())
+        line = child.stdout.readline()
+        assert line, "the child did not get ready (its stderr is in the captured output)"
+        pids = json.loads(line)
         spared = [psutil.Process(pids.pop(name)) for name in ("kept", "bystander")]
         daemon = psutil.Process(pids["daemon"])
         tree = [p for p in psutil.Process(child.pid).children(recursive=True) if p not in spared]
         tree.append(daemon)
         listing = describe(tree)
-        for command in ("sleep 3601", "sleep 3602", "sleep 3603", "airflow_provider_batch.emulator --port"):
+        for command in ("sleep 3601", "sleep 3602", "airflow_provider_batch.emulator --port"):
             assert command in listing, f"the tree lacks {command!r}:\n{listing}"
 
         child.send_signal(sig)
