@@ -10,10 +10,13 @@ log says *why* a batch failed, not just which one.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Through the compat layer: the exceptions moved into airflow.sdk after Airflow 3.1.
 from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
+
+if TYPE_CHECKING:
+    from airflow_provider_batch.status import BatchSnapshot
 
 
 class OpenAIBatchError(AirflowException):
@@ -124,10 +127,16 @@ class OpenAIBatchInvalidInput(OpenAIBatchError, AirflowFailException, ValueError
         return type(self), (self.errors, self.unreported)
 
 
+class OpenAIBatchAPIError(OpenAIBatchError):
+    """A call to the API failed for good: the retry policy gave up on a transient failure, or the
+    server gave an answer that a retry cannot change. The message names the connection, its base
+    URL (never the key), what was being done, and what to check."""
+
+
 class OpenAIBatchConfigError(OpenAIBatchError, AirflowFailException, ValueError):
-    """A setting of the task cannot work (the endpoint, ``output_path``, the connection's key),
-    found before anything is uploaded or submitted, so nothing is billed. Not retried: a retry
-    would meet the same setting."""
+    """A setting cannot work (the endpoint, ``output_path``, the connection's key). Not retried: a
+    retry would meet the same setting. The endpoint and ``output_path`` are checked before anything
+    is uploaded or submitted, and the key is used first by a read-only look-up, so nothing is billed."""
 
 
 class OpenAIBatchLandingError(OpenAIBatchError):
@@ -146,6 +155,52 @@ REASON_TO_EXCEPTION: dict[str, type[OpenAIBatchError]] = {
     "timeout": OpenAIBatchTimeout,
     "polling_error": OpenAIBatchPollingError,
 }
+
+
+def ending_error(reason: str, batch: BatchSnapshot, *, detail: str, where: str) -> OpenAIBatchError:
+    """The error of a wait that ended without a completed batch, worded for the person reading the
+    task log: what happened, how far the batch got, where its results are, what to do next.
+
+    :param reason: the event's ``termination_reason`` (not ``completed``).
+    :param batch: the batch's last observed state (only its id when it was never observed).
+    :param detail: the wait's own account (the deadline, the last polling error).
+    :param where: the connection and base URL the batch was followed on.
+    """
+    batch_id = batch.batch_id
+    counts = batch.request_counts or {}
+    done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
+    progress = f"{done:,} of {counts.get('total') or 0:,} lines done"
+    finished_lines = f"output file {batch.output_file_id}" if batch.output_file_id else "no output file"
+    if reason == "failed":
+        return OpenAIBatchFailed(
+            f"Batch {batch_id} failed: the API rejected it before running it, so nothing was billed."
+            " Fix what the errors below name, then run the task again.",
+            batch_id=batch_id,
+            errors=batch.errors,
+        )
+    if reason == "expired":
+        return OpenAIBatchExpired(
+            f"Batch {batch_id} expired: the 24 h completion window closed with {progress}. The finished"
+            f" lines are billed and in {finished_lines} (and landed, with output_path); resubmit the rest.",
+            batch_id=batch_id,
+            output_file_id=batch.output_file_id,
+        )
+    if reason == "cancelled":
+        return OpenAIBatchCancelled(
+            f"Batch {batch_id} was cancelled with {progress}. The finished lines are billed and in"
+            f" {finished_lines}.",
+            batch_id=batch_id,
+        )
+    if reason == "timeout":
+        state = f"it was {batch.status}" if batch.status else "it was never observed"
+        message = f"Batch {batch_id} did not end within the task's timeout: {state}, with {progress}."
+        return OpenAIBatchTimeout(f"{message} {detail}".strip(), batch_id=batch_id)
+    return OpenAIBatchPollingError(
+        f"Could not follow batch {batch_id} on {where}: {detail} Its state is unknown, so it was not"
+        " cancelled. Check the batch id, and that the connection's key and base URL belong to the"
+        " project that created it.",
+        batch_id=batch_id,
+    )
 
 
 def _with_errors(message: str, errors: Sequence[dict[str, Any]], shown: int = 5) -> str:

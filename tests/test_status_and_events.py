@@ -24,6 +24,7 @@ from airflow_provider_batch.exceptions import (
     OpenAIBatchPollingError,
     OpenAIBatchTimeout,
     OpenAIBatchTriggerEventError,
+    ending_error,
 )
 from airflow_provider_batch.status import (
     DEFER_GRACE,
@@ -497,3 +498,35 @@ def test_partial_failure_message_ranks_codes_and_names_ids_and_where_to_look() -
         "OpenAI's error file: file-err",
     ]
     assert (error.results_uri, len(error.failed_ids)) == ("s3://bucket/results.jsonl", 40)
+
+
+@pytest.mark.parametrize("reason", sorted(REASON_TO_EXCEPTION))
+def test_each_ending_raises_the_tables_error_with_a_message_that_says_what_happened(reason: str) -> None:
+    batch = snapshot(
+        {"polling_error": "in_progress", "timeout": "in_progress"}.get(reason, reason),
+        request_counts={"total": 1000, "completed": 700, "failed": 20},
+        output_file_id="file-out",
+        errors=({"code": "invalid_json_line", "message": "bad", "line": 3, "param": None},),
+    )
+    error = ending_error(reason, batch, detail="The last look failed.", where="connection 'c' (http://x/v1)")
+    assert type(error) is REASON_TO_EXCEPTION[reason]
+    assert error.batch_id == "batch_1"
+    expected = {
+        "failed": "Batch batch_1 failed: the API rejected it before running it, so nothing was billed.",
+        "expired": "Batch batch_1 expired: the 24 h completion window closed with 720 of 1,000 lines done.",
+        "cancelled": "Batch batch_1 was cancelled with 720 of 1,000 lines done.",
+        "timeout": "Batch batch_1 did not end within the task's timeout: it was in_progress, with 720 of",
+        "polling_error": "Could not follow batch batch_1 on connection 'c' (http://x/v1): The last look",
+    }[reason]
+    assert str(error).startswith(expected)
+    if reason in ("expired", "cancelled"):
+        assert "output file file-out" in str(error)
+    if reason == "failed":
+        assert "line 3: [invalid_json_line] bad" in str(error)
+
+
+def test_an_ending_before_any_observation_still_reads_well() -> None:
+    error = ending_error("timeout", BatchSnapshot("batch_1", ""), detail="", where="connection 'c'")
+    assert str(error) == (
+        "Batch batch_1 did not end within the task's timeout: it was never observed, with 0 of 0 lines done."
+    )

@@ -42,6 +42,7 @@ from airflow.providers.common.compat.connection import get_async_connection, get
 from airflow.sdk import BaseHook
 
 from airflow_provider_batch.events import build_event
+from airflow_provider_batch.exceptions import OpenAIBatchAPIError, OpenAIBatchConfigError, OpenAIBatchError
 from airflow_provider_batch.hooks.retry import RetryPolicy, is_transient
 from airflow_provider_batch.status import BatchSnapshot, PollFailure, PollSchedule, Wait
 
@@ -59,6 +60,8 @@ DOWNLOAD_CHUNK = 1024 * 1024
 UPLOAD_PROCESSING_TIMEOUT = 30 * 60
 """Seconds to wait for an upload to be processed (Azure) before giving up, as the SDK's own wait."""
 OPENAI_DASHBOARD = "https://platform.openai.com"
+OPENAI_API = "https://api.openai.com/v1"
+"""The SDK's base URL when a connection names none."""
 MAX_CONNECTIONS = 50
 """HTTP connections per client, by default (the SDK's own default is 1,000).
 
@@ -321,6 +324,71 @@ class OpenAIBatchHook(BaseHook):
         if not config.base_url or "api.openai.com" in config.base_url:
             return f"{OPENAI_DASHBOARD}/batches/{batch_id}"
         return f"{config.base_url.rstrip('/')}/batches/{batch_id}"
+
+    @property
+    def server(self) -> str:
+        """``connection 'x' (https://...)``: how errors say where a call went, never with the key.
+        Only the id when the connection itself cannot be read: an error message must not fail."""
+        try:
+            config = self._async_config or self.config
+        except Exception:
+            return f"connection {self.conn_id!r}"
+        url = config.azure_endpoint if config.api_type == "azure" else config.base_url or OPENAI_API
+        return f"connection {self.conn_id!r} ({url})"
+
+    @contextlib.contextmanager
+    def explaining(self, action: str) -> Iterator[None]:
+        """Turn an SDK error that the retry policy gave up on into :meth:`explain`'s, raised
+        without the SDK's and the retry machinery's traceback: the message says it all."""
+        try:
+            yield
+        except openai.OpenAIError as exc:
+            raise self.explain(exc, action) from None
+
+    def explain(self, exc: openai.OpenAIError, action: str) -> OpenAIBatchError:
+        """The error a person can act on: what was being done, where, what the server said, what
+        to check. A refused key is a configuration error (not retried); the rest may pass."""
+        policy = self.retry_policy
+        tried = f"after up to {policy.max_attempts} attempts in {policy.max_total:.0f} s"
+        if isinstance(exc, openai.APIConnectionError):
+            cause = exc.__cause__
+            detail = f"{type(cause).__name__}: {cause}" if cause else str(exc)
+            kind = (
+                "did not answer in time"
+                if isinstance(exc, openai.APITimeoutError)
+                else "could not be reached"
+            )
+            text = (
+                f"{action} failed: {self.server} {kind} ({detail}), {tried}. Check the connection's host"
+                " or base URL, and that the workers and the triggerer can reach it."
+            )
+            return OpenAIBatchAPIError(self._without_key(text))
+        status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
+        said = (
+            f"HTTP {status}: {_server_message(exc)}" if isinstance(exc, openai.APIStatusError) else str(exc)
+        )
+        if status in (401, 403):
+            text = (
+                f"{action} failed: {self.server} refused the API key ({said}). Put a valid key in the"
+                " connection's password (or its openai_client_kwargs.api_key)."
+            )
+            return OpenAIBatchConfigError(self._without_key(text))
+        if status == 404:
+            hint = (
+                " Check the id, that the key belongs to the project that owns it, and the base URL"
+                " (OpenAI's ends in /v1)."
+            )
+        elif is_transient(exc):
+            hint = f" The server kept failing {tried}; the task's retries will try again."
+        else:
+            hint = ""
+        return OpenAIBatchAPIError(
+            self._without_key(f"{action} failed: {self.server} answered {said}.{hint}")
+        )
+
+    def _without_key(self, text: str) -> str:
+        key = (self._async_config or self.config).api_key
+        return text.replace(key, "***") if key else text
 
     def get_conn(self) -> openai.OpenAI:
         """The synchronous client (``OpenAI`` or ``AzureOpenAI``)."""

@@ -41,12 +41,10 @@ from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
 from airflow_provider_batch import requests as batch_requests
 from airflow_provider_batch.events import build_event, snapshot_from_event, validate_event
 from airflow_provider_batch.exceptions import (
-    REASON_TO_EXCEPTION,
     OpenAIBatchConfigError,
-    OpenAIBatchExpired,
-    OpenAIBatchFailed,
     OpenAIBatchLandingError,
     OpenAIBatchPartialFailure,
+    ending_error,
 )
 from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY, OpenAIBatchHook, snapshot_of
 from airflow_provider_batch.limits import MAX_METADATA_PAIRS, endpoint_problem
@@ -286,9 +284,11 @@ class OpenAIBatchOperator(BaseOperator):
             # A stored batch that is gone (deleted, another project) is no reason to fail every retry.
             snapshot = observed if isinstance(observed, BatchSnapshot) else None
         if snapshot is None:
-            found = self.hook.find_batch_by_metadata(
-                IDEMPOTENCY_KEY, key, created_after=_run_started(context)
-            )
+            # The first call of a task: it also proves the connection's URL and key, read-only.
+            with self.hook.explaining("Looking for a batch that an earlier try submitted"):
+                found = self.hook.find_batch_by_metadata(
+                    IDEMPOTENCY_KEY, key, created_after=_run_started(context)
+                )
             snapshot = snapshot_of(found) if found is not None else None
         if snapshot is None:
             return None
@@ -308,22 +308,24 @@ class OpenAIBatchOperator(BaseOperator):
             # Raises OpenAIBatchInvalidInput naming every bad line: nothing uploaded, nothing billed.
             report = batch_requests.require_valid_batch_file(source, endpoint=self.endpoint)
             self.log.info("Validated %d requests (%d bytes); uploading", report.requests, report.bytes)
-            uploaded = self.hook.upload_file(
-                source, filename=_jsonl_name(source), expires_after_seconds=self.input_expires_after
-            )
+            with self.hook.explaining(f"Uploading {_jsonl_name(source)}"):
+                uploaded = self.hook.upload_file(
+                    source, filename=_jsonl_name(source), expires_after_seconds=self.input_expires_after
+                )
             input_file_id = uploaded.id
         ti = context["ti"]
         tags = dict(
             zip(AIRFLOW_METADATA_KEYS, (ti.dag_id, ti.task_id, ti.run_id, str(ti.map_index)), strict=True)
         )
-        batch = self.hook.create_batch(
-            str(input_file_id),
-            self.endpoint,
-            completion_window=self.completion_window,
-            metadata={**(self.metadata or {}), **{k: v[:512] for k, v in tags.items()}},
-            output_expires_after_seconds=self.output_expires_after,
-            idempotency_key=key,
-        )
+        with self.hook.explaining(f"Creating the batch on file {input_file_id}"):
+            batch = self.hook.create_batch(
+                str(input_file_id),
+                self.endpoint,
+                completion_window=self.completion_window,
+                metadata={**(self.metadata or {}), **{k: v[:512] for k, v in tags.items()}},
+                output_expires_after_seconds=self.output_expires_after,
+                idempotency_key=key,
+            )
         return snapshot_of(batch)
 
     def _finish(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
@@ -374,17 +376,7 @@ def finish_batch(
         ti.xcom_push(key=XCOM_RETURN_KEY, value=result)
 
     if reason != "completed":
-        error = REASON_TO_EXCEPTION[reason]
-        message = f"Batch {batch.batch_id} ended: {event.get('message') or reason}"
-        if error is OpenAIBatchFailed:
-            raise OpenAIBatchFailed(message, batch_id=batch.batch_id, errors=batch.errors)
-        if error is OpenAIBatchExpired:
-            raise OpenAIBatchExpired(
-                f"{message} Finished lines are in output file {batch.output_file_id}.",
-                batch_id=batch.batch_id,
-                output_file_id=batch.output_file_id,
-            )
-        raise error(message, batch_id=batch.batch_id)
+        raise ending_error(reason, batch, detail=event.get("message") or "", where=hook.server)
     if partial_failure(batch, max_failed_fraction):
         counts = batch.request_counts or {}
         summary = landed["results_summary"] if landed else summarize_errors(hook, batch)

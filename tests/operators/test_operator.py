@@ -25,6 +25,7 @@ from airflow.providers.common.compat.sdk import TaskDeferred  # airflow.sdk.exce
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
 from airflow_provider_batch.exceptions import (
+    OpenAIBatchAPIError,
     OpenAIBatchCancelled,
     OpenAIBatchConfigError,
     OpenAIBatchError,
@@ -46,6 +47,7 @@ from tests.batch_testing import (
     API_KEY,
     CHAT,
     DIALECTS,
+    FAST_RETRIES,
     DictStateStore,
     chat_record,
     event,
@@ -545,3 +547,43 @@ def test_results_that_cannot_be_landed_name_the_batch_its_files_and_the_free_rer
     assert raised.value.batch_id == "batch_landing"
     assert "output file file-out, error file file-err" in message
     assert "re-attaches to this batch" in message
+
+
+# errors that name things ------------------------------------------------------------------------------
+
+
+def test_a_wrong_key_names_the_connection_and_url_and_is_not_retried(
+    make_emulator: Callable[..., EmulatorProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = make_emulator(api_key="sk-the-right-key-0123456789")
+    use_emulator(monkeypatch, CONN, server)  # whose password is API_KEY: refused
+
+    with pytest.raises(OpenAIBatchConfigError) as raised:
+        operator().execute(make_context())
+
+    message = str(raised.value)
+    assert message.startswith(
+        f"Looking for a batch that an earlier try submitted failed: connection '{CONN}'"
+    )
+    assert f"({server.base_url}) refused the API key (HTTP 401" in message
+    assert "connection's password" in message
+    assert API_KEY not in message
+    assert raised.value.__cause__ is None, "no retry traceback"
+    assert raised.value.__suppress_context__
+    assert route_count(server, "POST /v1/files") == 0
+
+
+def test_an_unreachable_server_is_named_with_what_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    closed = "http://127.0.0.1:9/v1"  # the discard port: nothing listens there
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{CONN.upper()}",
+        json.dumps({"conn_type": "openai_batch", "host": closed, "password": API_KEY, "extra": FAST_RETRIES}),
+    )
+
+    with pytest.raises(OpenAIBatchAPIError) as raised:
+        operator().execute(make_context())
+
+    message = str(raised.value)
+    assert f"connection '{CONN}' ({closed}) could not be reached (ConnectError" in message
+    assert "after up to 6 attempts" in message
+    assert "host or base URL" in message

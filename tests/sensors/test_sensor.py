@@ -25,7 +25,11 @@ from airflow.providers.common.compat.sdk import (  # airflow.sdk.exceptions (3.2
 from airflow.sdk import PokeReturnValue
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
-from airflow_provider_batch.exceptions import OpenAIBatchFailed, OpenAIBatchTriggerEventError
+from airflow_provider_batch.exceptions import (
+    OpenAIBatchFailed,
+    OpenAIBatchPollingError,
+    OpenAIBatchTriggerEventError,
+)
 from airflow_provider_batch.operators.batch import DEFER_METHOD_NAME
 from airflow_provider_batch.sensors.batch import OpenAIBatchSensor
 from airflow_provider_batch.triggers.batch import DEFER_GRACE, OpenAIBatchTrigger
@@ -201,3 +205,16 @@ async def test_trigger_timeout_is_a_sensor_timeout_and_cancels_nothing(server: E
 def test_sensor_rejects_untrusted_events(payload: Any) -> None:
     with pytest.raises(OpenAIBatchTriggerEventError):
         sensor("batch_unit", deferrable=True).execute_complete(make_context("unit_sensor"), event=payload)
+
+
+def test_an_unknown_batch_id_says_what_to_check(server: EmulatorProcess) -> None:
+    with pytest.raises(OpenAIBatchPollingError) as raised:
+        sensor("batch_does_not_exist", mode="poke").execute(make_context("unit_sensor"))
+
+    message = str(raised.value)
+    assert message.startswith(
+        f"Could not follow batch batch_does_not_exist on connection '{CONN}' ({server.base_url}):"
+        " Polling failed: HTTP 404"
+    )
+    assert "not cancelled" in message
+    assert "Check the batch id" in message
