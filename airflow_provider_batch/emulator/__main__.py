@@ -10,6 +10,7 @@ with: the base URL of an OpenAI client, ``http://HOST:PORT/v1``; under ``--diale
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
 import socket
@@ -152,15 +153,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.upstream:
         key = args.upstream_api_key or os.environ.get("OPENAI_API_KEY")
         engine = UpstreamEngine(args.upstream, key, concurrency=args.upstream_concurrency)
-    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="openai-batch-emulator-"))
-    data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(data_dir, settings=settings, engine=engine, api_key=args.api_key, dialect=args.dialect)
-
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
+    try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        sock.close()
+        reason = "is in use" if exc.errno == errno.EADDRINUSE else f"cannot be opened ({exc.strerror})"
+        parser.exit(
+            1,
+            f"{parser.prog}: port {args.port} on {args.host} {reason}; stop what uses it, or choose"
+            " another with --port (0 picks a free one).\n",
+        )
     sock.listen(2048)
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="openai-batch-emulator-"))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(data_dir, settings=settings, engine=engine, api_key=args.api_key, dialect=args.dialect)
     host, port = sock.getsockname()[:2]
     shown_host = f"[{host}]" if family == socket.AF_INET6 else host
     # Connections queue on the listening socket from here on, so the URL is usable at once.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -129,3 +130,18 @@ def test_bad_flags_are_usage_errors(args: list[str], env: dict[str, str], messag
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout == ""  # no URL: nothing was started
+
+
+def test_a_port_in_use_is_said_plainly(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = _run("--port", str(port), "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"openai-batch-emulator: port {port} on 127.0.0.1 is in use; stop what uses it, or choose another"
+        " with --port (0 picks a free one).\n"
+    )
+    assert result.stdout == ""
+    assert not (tmp_path / "data").exists(), "nothing was created"
