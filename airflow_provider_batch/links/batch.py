@@ -15,7 +15,7 @@ from airflow.sdk import BaseOperatorLink
 
 if TYPE_CHECKING:
     from airflow.providers.common.compat.sdk import TaskInstanceKey
-    from airflow.sdk import BaseOperator
+    from airflow.sdk import BaseOperator, Context
 
 BATCH_URL_XCOM_KEY = "batch_url"
 
@@ -27,3 +27,13 @@ class OpenAIBatchLink(BaseOperatorLink):
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         return XCom.get_value(ti_key=ti_key, key=BATCH_URL_XCOM_KEY) or ""
+
+
+def reserve_batch_url(context: Context) -> None:
+    """Push an empty batch URL first thing, replaced once a batch exists.
+
+    Airflow computes the link after every run, a failed one too, and reading an XCom that was
+    never pushed logs an ``XCom not found`` error: a task that failed before submitting (bad
+    input, a wrong key) would show that spurious line under its real error.
+    """
+    context["ti"].xcom_push(key=BATCH_URL_XCOM_KEY, value=None)

@@ -48,7 +48,7 @@ from airflow_provider_batch.exceptions import (
 )
 from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY, OpenAIBatchHook, snapshot_of
 from airflow_provider_batch.limits import MAX_METADATA_PAIRS, endpoint_problem
-from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink
+from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink, reserve_batch_url
 from airflow_provider_batch.results import summarize, write_joined
 from airflow_provider_batch.status import (
     BatchSnapshot,
@@ -207,6 +207,7 @@ class OpenAIBatchOperator(BaseOperator):
     # execute -----------------------------------------------------------------------------------
 
     def execute(self, context: Context) -> dict[str, Any]:
+        reserve_batch_url(context)
         if problem := endpoint_problem(self.endpoint):  # templated: known only now
             raise OpenAIBatchConfigError(f"{self.task_id}: {problem}")
         if self.output_path is not None:

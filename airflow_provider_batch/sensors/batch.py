@@ -20,7 +20,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow_provider_batch.events import build_event, validate_event
 from airflow_provider_batch.exceptions import OpenAIBatchError
 from airflow_provider_batch.hooks.batch import OpenAIBatchHook
-from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink
+from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink, reserve_batch_url
 from airflow_provider_batch.operators.batch import DEFER_METHOD_NAME, finish_batch, require_writable
 from airflow_provider_batch.status import Wait
 from airflow_provider_batch.triggers.batch import OpenAIBatchTrigger
@@ -80,6 +80,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         return self._hook
 
     def execute(self, context: Context) -> Any:
+        reserve_batch_url(context)
         if self.output_path is not None:
             require_writable(self.output_path)  # before the wait, not after it
         context["ti"].xcom_push(key=BATCH_URL_XCOM_KEY, value=self.hook.batch_url(self.batch_id))
