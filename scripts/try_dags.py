@@ -2,6 +2,8 @@
 
 Sets up the sandbox of the getting-started page for a DAG folder: a fresh Airflow home (SQLite,
 no example DAGs), the emulator in the background, and the connection ``openai_default`` on it.
+Airflow settings from the environment (``AIRFLOW__*``) are dropped: one pointing at a real
+metadata database would otherwise be migrated and written to.
 Then it opens a shell there, or runs the command given after ``--``, and stops the emulator when
 that ends, when it is interrupted (Ctrl-C, SIGTERM, SIGHUP) and, through the emulator's guardian,
 even when this process is killed.
@@ -10,6 +12,7 @@ even when this process is killed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +20,8 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+
+import psutil
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
 
@@ -40,14 +45,18 @@ def main() -> int:
         signal.signal(sig, lambda signum, _: sys.exit(128 + signum))
 
     home = args.home.resolve()
+    if home.is_dir() and any(home.iterdir()) and not (home / "airflow").is_dir():
+        parser.error(f"{home} is not a sandbox of an earlier run; not emptying it")
     shutil.rmtree(home, ignore_errors=True)
     (home / "airflow").mkdir(parents=True)
     emulator = EmulatorProcess(home / "emulator")
+    ours = {child.pid for child in psutil.Process().children()}  # the emulator and its guardian
     try:
-        print(f"Emulator at {emulator.base_url} (pid {emulator.process.pid}, log {home / 'emulator'})")
+        log = home / "emulator" / "emulator.log"
+        print(f"Emulator at {emulator.base_url} (pid {emulator.process.pid}, log {log})")
         connection = {"conn_type": "openai_batch", "host": emulator.base_url, "password": "sk-emulator-try"}
         env = {
-            **os.environ,
+            **{name: value for name, value in os.environ.items() if not name.startswith("AIRFLOW__")},
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "AIRFLOW_HOME": str(home / "airflow"),
             "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
@@ -68,7 +77,21 @@ def main() -> int:
         return subprocess.run(["bash", "--norc", "-i"], env={**env, **prompt}, check=False).returncode
     finally:
         emulator.stop()
+        stop_children(besides=ours)
         print("Stopped the emulator.")
+
+
+def stop_children(besides: set[int]) -> None:
+    """Stop what is left of the sandbox's commands. An interrupt that comes while a command starts
+    leaves it running: it is our child, but ``subprocess.run`` had not returned to kill it."""
+    left = [child for child in psutil.Process().children(recursive=True) if child.pid not in besides]
+    for child in left:
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+    _, alive = psutil.wait_procs(left, timeout=5)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 if __name__ == "__main__":
