@@ -319,7 +319,8 @@ def try_command(tmp_path: Path, dags: str, command: str) -> list[str]:
     (line,) = [line for line in dry_run.splitlines() if "scripts/try_dags.py" in line]
     words = shlex.split(line)
     script = next(i for i, word in enumerate(words) if word.endswith("scripts/try_dags.py"))
-    return [*words[: script + 1], "--home", str(tmp_path / "try"), *words[script + 1 :]]
+    # This tier's interpreter rather than the Makefile's .venv, so every tier tests its versions.
+    return [sys.executable, *words[1 : script + 1], "--home", str(tmp_path / "try"), *words[script + 1 :]]
 
 
 def start_try(tmp_path: Path, dags: str, command: str) -> subprocess.Popen[str]:
