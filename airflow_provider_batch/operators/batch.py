@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 import time
@@ -61,6 +62,8 @@ from airflow_provider_batch.triggers.batch import OpenAIBatchTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+log = logging.getLogger(__name__)
 
 DEFER_METHOD_NAME = "execute_complete"
 STATE_BATCH_ID = "openai_batch_id"
@@ -406,18 +409,23 @@ def manifest(batch: BatchSnapshot, *, landed: dict[str, Any] | None = None) -> d
 
 
 def partial_failure(batch: BatchSnapshot, max_failed_fraction: float) -> bool:
+    """Whether a completed batch failed more lines than the task accepts."""
     return classify_completion(batch.request_counts, max_failed_fraction) == "too_many_failed_lines"
 
 
 def summarize_errors(hook: OpenAIBatchHook, batch: BatchSnapshot) -> dict[str, Any]:
     """The summary of the error file alone (streamed through a local copy), for the message of a
-    partial failure whose results were not landed."""
-    if not batch.error_file_id:
-        return summarize().to_dict()
-    with tempfile.TemporaryDirectory(prefix="openai-batch-errors-") as workdir:
-        local = Path(workdir) / "error.jsonl"
-        hook.download_file(batch.error_file_id, local)
-        return summarize(error_file=local, id_limit=OpenAIBatchPartialFailure.SHOWN_IDS).to_dict()
+    partial failure whose results were not landed. Best effort: a download that fails must not
+    hide the partial failure itself, which is then reported without the codes."""
+    if batch.error_file_id:
+        try:
+            with tempfile.TemporaryDirectory(prefix="openai-batch-errors-") as workdir:
+                local = Path(workdir) / "error.jsonl"
+                hook.download_file(batch.error_file_id, local)
+                return summarize(error_file=local, id_limit=OpenAIBatchPartialFailure.SHOWN_IDS).to_dict()
+        except Exception as exc:
+            log.warning("Could not read error file %s to summarize it: %s", batch.error_file_id, exc)
+    return summarize().to_dict()
 
 
 def require_writable(output_path: Any) -> None:
