@@ -369,7 +369,7 @@ class Wait:
         pause = self.pause(now) if plan and not decision.done else 0.0
         progress = None
         if isinstance(observed, BatchSnapshot):
-            progress = self._progress_line(observed, now, pause if plan else None)
+            progress = self._progress_line(observed, now, pause if plan and not decision.done else None)
         if decision.done:
             return Step(decision, progress)
         if decision.unknown_status and not self.unknown_reported:
