@@ -107,8 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     _env_defaults(parser)
     args = parser.parse_args(argv)
     # SIGTERM is the normal way to stop the server, so it exits with 0: uvicorn stops gracefully on
-    # it and then re-raises it, which would otherwise end the process with -SIGTERM.
+    # it and then re-raises it, which would otherwise end the process with -SIGTERM. Until the
+    # server runs, SIGTERM is held back: raised in the middle of the start-up (uvicorn configuring
+    # logging, say) it would break whatever was under way, with a traceback and exit code 1.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
     import uvicorn
 
@@ -187,6 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     server = uvicorn.Server(config)
     # uvicorn installs its own SIGINT/SIGTERM handlers that stop the server gracefully; SIGHUP too.
     signal.signal(signal.SIGHUP, lambda *_: setattr(server, "should_exit", True))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # a held SIGTERM exits here, cleanly
     server.run(sockets=[sock])
 
 
