@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, TypeGuard, cast
@@ -147,9 +147,22 @@ class _Checker:
     given to the writer, goes through :meth:`_check_value`, which works on plain Python values and is the
     reference: the typed path is only a faster way to the same verdict, and its failure means nothing until
     the generic path has named the problem.
+
+    :param batch_limits: check the request and embedding-input limits of one batch over every line seen. The
+        shard splitter turns them off: it cuts the input into batches before either limit is reached.
+    :param first_line_of: ``(custom_id, line) -> the line that first used custom_id``, recording it when new.
+        By default a dict of the ids, exact; the splitter passes a table of digests, which stays small for a
+        whole job's millions of ids.
     """
 
-    def __init__(self, endpoint: str, max_errors: int) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        max_errors: int,
+        *,
+        batch_limits: bool = True,
+        first_line_of: Callable[[str, int], int] | None = None,
+    ) -> None:
         if problem := endpoint_problem(endpoint):
             raise ValueError(problem)
         if max_errors < 1:
@@ -163,7 +176,9 @@ class _Checker:
         self.embedding_inputs = 0
         self._model_line = 0
         self._embeddings = endpoint == EMBEDDINGS_ENDPOINT
-        self._first_line_of: dict[str, int] = {}
+        self._batch_limits = batch_limits
+        ids: dict[str, int] = {}
+        self._first_line_of = first_line_of or ids.setdefault
         self._line_id: tuple[int, str] | None = None
         """The line being checked and its ``custom_id``, once the envelope named one."""
 
@@ -254,7 +269,7 @@ class _Checker:
 
     def _count_request(self, line: int) -> None:
         self.requests += 1
-        if self.requests == MAX_REQUESTS + 1:
+        if self._batch_limits and self.requests == MAX_REQUESTS + 1:
             self.fail(
                 line,
                 None,
@@ -267,7 +282,7 @@ class _Checker:
             self._line_id = (line, custom_id)
         if not isinstance(custom_id, str) or not custom_id:
             self.fail(line, "custom_id", _must("custom_id", "be a non-empty string", custom_id))
-        elif (first := self._first_line_of.setdefault(custom_id, line)) != line:
+        elif (first := self._first_line_of(custom_id, line)) != line:
             self.fail(
                 line,
                 "custom_id",
@@ -300,7 +315,7 @@ class _Checker:
         if self._embeddings:
             before = self.embedding_inputs
             self.embedding_inputs += _count_embedding_inputs(embedding_input)
-            if before <= MAX_EMBEDDING_INPUTS < self.embedding_inputs:
+            if self._batch_limits and before <= MAX_EMBEDDING_INPUTS < self.embedding_inputs:
                 self.fail(
                     line,
                     "body.input",
