@@ -3,8 +3,9 @@ system, ``OpenAIBatchOperator(wait_for_completion=False)``).
 
 It submits nothing and cancels nothing, so it is safe to retry and to clear. Its pokes drive the
 same :class:`~airflow_provider_batch.status.Wait` as the trigger and the operator's synchronous
-wait, it defers to the same trigger, and it finishes through the same :func:`finish_batch`, so it
-returns the same manifest and raises the same errors.
+wait, it defers to the same trigger, and it finishes through the same
+:func:`~airflow_provider_batch.completion.finish_batch`, so it returns the same manifest and
+raises the same errors.
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowSensorTimeout, AirflowSkipException, conf
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
+from airflow_provider_batch.completion import finish_batch
 from airflow_provider_batch.events import build_event, validate_event
 from airflow_provider_batch.exceptions import OpenAIBatchError
 from airflow_provider_batch.hooks.batch import OpenAIBatchHook
+from airflow_provider_batch.landing import require_writable
 from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink, reserve_batch_url
-from airflow_provider_batch.operators.batch import DEFER_METHOD_NAME, finish_batch, require_writable
+from airflow_provider_batch.operators.batch import DEFER_METHOD_NAME
 from airflow_provider_batch.status import Wait
 from airflow_provider_batch.triggers.batch import OpenAIBatchTrigger
 

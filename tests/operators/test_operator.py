@@ -37,11 +37,8 @@ from airflow_provider_batch.exceptions import (
     OpenAIBatchTimeout,
     OpenAIBatchTriggerEventError,
 )
-from airflow_provider_batch.operators.batch import (
-    DEFER_METHOD_NAME,
-    STATE_BATCH_ID,
-    OpenAIBatchOperator,
-)
+from airflow_provider_batch.identity import STATE_BATCH_ID
+from airflow_provider_batch.operators.batch import DEFER_METHOD_NAME, OpenAIBatchOperator
 from airflow_provider_batch.triggers.batch import DEFER_GRACE, OpenAIBatchTrigger
 from tests.batch_testing import (
     API_KEY,
