@@ -189,40 +189,42 @@ class _IdDigests:
     share a digest with a chance of about 3 in 100 million for a million ids, and a retry draws a new key.
     """
 
-    _EMPTY = 0
-    _MASK_64 = (1 << 64) - 1
-
     def __init__(self, slots: int = 1 << 12) -> None:
         self._digests = array("Q", bytes(8 * slots))
+        """Digests by slot; 0 marks an empty slot (a digest of 0 is stored as 1)."""
         self._lines = array("Q", bytes(8 * slots))
-        self._count = 0
+        self._mask = slots - 1
+        self._free = slots // 2
+        """Ids that may still be added before the table doubles: at most half the slots are used, which keeps
+        the probes short."""
 
     def first_line_of(self, custom_id: str, line: int) -> int:
         """The line that first used ``custom_id``; ``line`` itself, now recorded, when the id is new."""
-        digest = hash(custom_id) & self._MASK_64 or 1  # 0 marks an empty slot
-        digests, mask = self._digests, len(self._digests) - 1
+        digest = hash(custom_id) & 0xFFFF_FFFF_FFFF_FFFF or 1
+        digests, mask = self._digests, self._mask
         slot = digest & mask
-        while (found := digests[slot]) != self._EMPTY:
+        while found := digests[slot]:
             if found == digest:
                 return self._lines[slot]
             slot = (slot + 1) & mask
         digests[slot] = digest
         self._lines[slot] = line
-        self._count += 1
-        if 2 * self._count > mask:
+        self._free -= 1
+        if not self._free:
             self._grow()
         return line
 
     def _grow(self) -> None:
-        """Double the table, so that probes stay short (at most half the slots are ever in use)."""
         old_digests, old_lines = self._digests, self._lines
-        self._digests = array("Q", bytes(16 * len(old_digests)))
-        self._lines = array("Q", bytes(16 * len(old_lines)))
-        digests, lines, mask = self._digests, self._lines, len(self._digests) - 1
+        slots = 2 * len(old_digests)
+        self._digests = digests = array("Q", bytes(8 * slots))
+        self._lines = lines = array("Q", bytes(8 * slots))
+        self._mask = mask = slots - 1
+        self._free = slots // 2 - len(old_digests) // 2
         for digest, line in zip(old_digests, old_lines, strict=True):
-            if digest != self._EMPTY:
+            if digest:
                 slot = digest & mask
-                while digests[slot] != self._EMPTY:
+                while digests[slot]:
                     slot = (slot + 1) & mask
                 digests[slot], lines[slot] = digest, line
 
