@@ -89,12 +89,10 @@ RULES: Mapping[str, Verdict] = MappingProxyType(
         CANCELLED: Verdict.FINAL,
         # The batch failed validation and never ran: the same lines would fail it again.
         BATCH_FAILED: Verdict.FINAL,
-        # Error codes, looked up before the status because they say more than it does.
+        # Error codes that decide whatever the status (or without one: a top-level error).
         "rate_limit_exceeded": Verdict.RETRY,
-        "server_error": Verdict.RETRY,
+        "server_error": Verdict.RETRY,  # also the type OpenAI's 5xx bodies carry in place of a code
         "insufficient_quota": Verdict.FINAL,  # a 429 that only a payment fixes, not a later attempt
-        "invalid_request_error": Verdict.FINAL,
-        "invalid_prompt": Verdict.FINAL,
         # HTTP statuses, for a code not named above: the statuses the provider's own call retry policy treats
         # as transient (hooks/retry.py), so a line and a call are retried for the same reasons.
         "http_408": Verdict.RETRY,
@@ -104,8 +102,11 @@ RULES: Mapping[str, Verdict] = MappingProxyType(
 )
 """The resubmission rule, keyed by a line's code: its error code when the table names it, else its HTTP
 status (``http_<status>``, every 5xx as ``http_5xx``). Anything the table does not name is
-:attr:`Verdict.FINAL`: an unknown failure is reported, not paid for again. A success is always
-:attr:`Verdict.SUCCEEDED`, and in a cancelled job every ``retry`` becomes ``final`` with reason
+:attr:`Verdict.FINAL`: every other 4xx (``invalid_request_error``, ``invalid_prompt``, a 401, a 404: the
+same bytes would be refused again) and any unknown failure, which is reported rather than paid for again.
+Codes the table does not name never override a retryable status: :class:`BatchResult` falls back to the
+error's ``type`` when the body has no code, and a type is too coarse to overrule the status. A success
+is always :attr:`Verdict.SUCCEEDED`, and in a cancelled job every ``retry`` becomes ``final`` with reason
 ``batch_cancelled``.
 
 408 (request timeout) is retried: the server gave up waiting, nothing was produced, and the provider's
@@ -148,11 +149,9 @@ def classify_line(
         reads it (top-level ``error.code``, else the body's error code or type).
     :raises ValueError: when ``batch_status`` is not terminal: a running batch's lines have no verdict yet.
     """
-    status = parse_status(batch_status)
-    if status not in TERMINAL:
-        raise ValueError(f"Batch status {batch_status!r} is not terminal: its lines have no verdict yet.")
+    status = _terminal(batch_status)
     if ok:
-        return LineVerdict(Verdict.SUCCEEDED, SUCCESS)
+        return _SUCCEEDED
     if ok is None:
         reason = {BatchStatus.CANCELLED: CANCELLED, BatchStatus.FAILED: BATCH_FAILED}.get(status, MISSING)
         key = reason
@@ -163,6 +162,16 @@ def classify_line(
     if verdict is Verdict.RETRY and status is BatchStatus.CANCELLED:
         return LineVerdict(Verdict.FINAL, CANCELLED)
     return LineVerdict(verdict, reason)
+
+
+_SUCCEEDED = LineVerdict(Verdict.SUCCEEDED, SUCCESS)
+
+
+def _terminal(batch_status: str) -> BatchStatus:
+    status = batch_status if isinstance(batch_status, BatchStatus) else parse_status(batch_status)
+    if status not in TERMINAL:
+        raise ValueError(f"Batch status {batch_status!r} is not terminal: its lines have no verdict yet.")
+    return status
 
 
 def _status_key(status_code: int | None) -> str:
@@ -299,7 +308,7 @@ def close_round(
         previous merged file. The destinations are then incomplete.
     """
     _check_arguments(round_number, batches, merged, previous_merged)
-    job_cancelled = any(parse_status(batch.status) is BatchStatus.CANCELLED for batch in batches)
+    job_cancelled = any(_terminal(batch.status) is BatchStatus.CANCELLED for batch in batches)
     walk = _RoundWalk(_Tally(id_limit), id_limit)
     merged_tally = _MergedTally(id_limit)
     with ExitStack() as stack:
@@ -315,7 +324,7 @@ def close_round(
             out = _Sink(stack.enter_context(_open_path(merged, "wb")))
             rows = _Merger(out, previous, round_number, merged_tally)
         for position, batch in enumerate(batches, 1):
-            status = BatchStatus.CANCELLED if job_cancelled else batch.status
+            status = BatchStatus.CANCELLED if job_cancelled else _terminal(batch.status)
             with ExitStack() as files:
                 sources = [
                     files.enter_context(_seekable_copy(label, source))
@@ -458,17 +467,17 @@ class _MergedTally:
     requests: int = 0
     succeeded: int = 0
     by_code: dict[str, int] = field(default_factory=dict)
-    by_round: dict[int, dict[str, int]] = field(default_factory=dict)
+    succeeded_by_round: dict[int, int] = field(default_factory=dict)
+    failed_by_round: dict[int, int] = field(default_factory=dict)
     failed_ids: list[str] = field(default_factory=list)
 
     def add(self, row: _RowHead | _RoundRow) -> None:
         self.requests += 1
-        counts = self.by_round.setdefault(row.round, {"succeeded": 0, "failed": 0})
         if row.ok:
             self.succeeded += 1
-            counts["succeeded"] += 1
+            self.succeeded_by_round[row.round] = self.succeeded_by_round.get(row.round, 0) + 1
             return
-        counts["failed"] += 1
+        self.failed_by_round[row.round] = self.failed_by_round.get(row.round, 0) + 1
         code = failure_code(row.status_code, row.error_code)
         self.by_code[code] = self.by_code.get(code, 0) + 1
         if row.custom_id is not None and len(self.failed_ids) < self.id_limit:
@@ -479,7 +488,13 @@ class _MergedTally:
             requests=self.requests,
             succeeded=self.succeeded,
             errors_by_code=dict(self.by_code),
-            by_round={number: dict(counts) for number, counts in self.by_round.items()},
+            by_round={
+                number: {
+                    "succeeded": self.succeeded_by_round.get(number, 0),
+                    "failed": self.failed_by_round.get(number, 0),
+                }
+                for number in sorted(self.succeeded_by_round.keys() | self.failed_by_round.keys())
+            },
             failed_ids=IdSample(self.requests - self.succeeded, tuple(self.failed_ids)),
         )
 
@@ -570,7 +585,7 @@ class _RoundWalk:
         self,
         number: int,
         raw: bytes,
-        status: str,
+        status: BatchStatus,
         index: dict[str, _Slot],
         sources: list[_Indexed],
         resubmit: _Sink | None,
@@ -596,12 +611,15 @@ class _RoundWalk:
             self.missing += 1
             if len(self.missing_ids) < self.id_limit:
                 self.missing_ids.append(custom_id)
-        verdict = classify_line(
-            batch_status=status,
-            ok=None if slot is None else slot[3],
-            status_code=result.status_code if result else None,
-            error_code=result.error_code if result else None,
-        )
+        if slot is not None and slot[3]:
+            verdict = _SUCCEEDED
+        else:
+            verdict = classify_line(
+                batch_status=status,
+                ok=None if result is None else False,
+                status_code=result.status_code if result else None,
+                error_code=result.error_code if result else None,
+            )
         self._count(verdict)
         if verdict.verdict is Verdict.RETRY:
             self.retries += 1
