@@ -31,6 +31,7 @@ from types import MappingProxyType
 from typing import IO, Any
 
 import msgspec
+from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_batch.jsonl import BLOCK_SIZE, JsonlLines
 
@@ -346,6 +347,7 @@ def close_round(
                     f"Batch {position}'s result files name {len(index)} custom_id(s) absent from its range "
                     f"of the round's input ({strays}): wrong files or a wrong request count."
                 )
+            del index  # popping never shrinks a dict: free its table before the next batch's index
         if next(lines, None) is not None:
             raise ValueError("The round's input has more requests than its batches hold.")
         if rows is not None:
@@ -428,12 +430,14 @@ def _check_arguments(
             raise ValueError("Round 1 has no previous merged file.")
         if previous_merged is None and round_number > 1:
             raise ValueError(f"Round {round_number} merges into the previous round's merged file: pass it.")
-        if _same_local_file(merged, previous_merged):
+        if _same_file(merged, previous_merged):
             raise ValueError("The merged file is read and written at once: give it a new path per round.")
 
 
-def _same_local_file(one: Destination, other: ResultSource | None) -> bool:
-    if isinstance(one, str | os.PathLike) and isinstance(other, str | os.PathLike):
+def _same_file(one: Destination, other: ResultSource | None) -> bool:
+    if isinstance(one, ObjectStoragePath) or isinstance(other, ObjectStoragePath):
+        return str(one) == str(other)
+    if isinstance(other, str | os.PathLike):
         return os.path.abspath(one) == os.path.abspath(other)
     return False
 

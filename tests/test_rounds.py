@@ -467,6 +467,14 @@ def test_a_round_input_must_follow_the_previous_merged_file(tmp_path: Path) -> N
         ({"round_number": 2, "merged": "m2.jsonl"}, "pass it"),
         ({"previous_merged": "m0.jsonl", "merged": "m1.jsonl"}, "Round 1 has no previous"),
         ({"round_number": 2, "previous_merged": "m.jsonl", "merged": "m.jsonl"}, "new path per round"),
+        (
+            {
+                "round_number": 2,
+                "previous_merged": ObjectStoragePath("memory://rounds-tests/m.jsonl"),
+                "merged": ObjectStoragePath("memory://rounds-tests/m.jsonl"),
+            },
+            "new path per round",
+        ),
     ],
 )
 def test_arguments_that_cannot_make_a_round(tmp_path: Path, arguments: dict[str, Any], message: str) -> None:
