@@ -274,7 +274,7 @@ class _ShardFiles:
         if not self.written:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.written.append(path)
-        if isinstance(path, Path):
+        if _is_local_path(path):  # before Airflow 3.2 an ObjectStoragePath is a Path too: ask its protocol
             return open(path, "wb", buffering=BLOCK_SIZE)
         return path.open("wb")
 
