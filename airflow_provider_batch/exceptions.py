@@ -167,9 +167,7 @@ def ending_error(reason: str, batch: BatchSnapshot, *, detail: str, where: str) 
     :param where: the connection and base URL the batch was followed on.
     """
     batch_id = batch.batch_id
-    counts = batch.request_counts or {}
-    done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
-    progress = f"{done:,} of {counts.get('total') or 0:,} lines done"
+    progress = f"{batch.lines_done:,} of {batch.lines_total:,} lines done"
     finished_lines = f"output file {batch.output_file_id}" if batch.output_file_id else "no output file"
     if reason == "failed":
         return OpenAIBatchFailed(

@@ -282,6 +282,14 @@ class ResultSummary:
 # Public functions -------------------------------------------------------------------------------------------
 
 
+def failure_code(status_code: int | None, error_code: str | None) -> str:
+    """What a failed line is grouped by in ``errors_by_code``: its error code, else ``http_<status>``
+    (an error body that names no code), else ``no_response``."""
+    if error_code:
+        return error_code
+    return f"http_{status_code}" if status_code is not None else "no_response"
+
+
 def iter_results(source: ResultSource) -> Iterator[BatchResult | MalformedLine]:
     """Stream one output or error file, one line at a time, in file order.
 
@@ -456,7 +464,7 @@ class _Tally:
             self.succeeded += 1
             self._add_usage(result.body)
             return
-        code = result.error_code or (f"http_{result.status_code}" if result.status_code else "no_response")
+        code = failure_code(result.status_code, result.error_code)
         self.by_code[code] = self.by_code.get(code, 0) + 1
         if len(self.failed_ids) < self.id_limit:
             self.failed_ids.append(result.custom_id)

@@ -60,6 +60,7 @@ from airflow_provider_batch.results import (
     _Slot,
     _Tally,
     _to_result,
+    failure_code,
 )
 from airflow_provider_batch.status import TERMINAL, BatchStatus, parse_status
 
@@ -123,14 +124,6 @@ class LineVerdict:
     reason: str
     """The code the verdict was taken on: ``ok``, ``missing``, the line's error code, ``http_<status>``,
     ``no_response``, ``batch_cancelled`` (a cancelled job), ``batch_failed`` or ``malformed_input``."""
-
-
-def failure_code(status_code: int | None, error_code: str | None) -> str:
-    """What a failed line is grouped by, as :class:`~airflow_provider_batch.results.ResultSummary`'s
-    ``errors_by_code`` does: its error code, else ``http_<status>``, else ``no_response``."""
-    if error_code:
-        return error_code
-    return f"http_{status_code}" if status_code is not None else "no_response"
 
 
 def classify_line(

@@ -142,6 +142,19 @@ class BatchSnapshot:
         return parse_status(self.status)
 
     @property
+    def lines_total(self) -> int:
+        return (self.request_counts or {}).get("total") or 0
+
+    @property
+    def lines_failed(self) -> int:
+        return (self.request_counts or {}).get("failed") or 0
+
+    @property
+    def lines_done(self) -> int:
+        """Lines that ran, whether they succeeded or failed."""
+        return ((self.request_counts or {}).get("completed") or 0) + self.lines_failed
+
+    @property
     def is_terminal(self) -> bool:
         return self.known_status in TERMINAL
 
@@ -322,11 +335,9 @@ class Wait:
         looks come soon after a short finalization and back off during a long one.
         """
         last = self.last
-        counts = (last.request_counts or {}) if last else {}
-        total = counts.get("total") or 0
-        if last is None or self.seen_at is None or not total or last.is_terminal:
+        if last is None or self.seen_at is None or not last.lines_total or last.is_terminal:
             return None
-        done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
+        done, total = last.lines_done, last.lines_total
         if done >= total or last.known_status == BatchStatus.FINALIZING:
             if self.lines_done_at is None:
                 return None
@@ -340,11 +351,9 @@ class Wait:
         return max(0.0, (total - done) / rate - (now - self.seen_at))
 
     def _remember_progress(self, snapshot: BatchSnapshot, now: float) -> None:
-        counts = snapshot.request_counts or {}
-        done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
+        done, total = snapshot.lines_done, snapshot.lines_total
         if self.progress_from is None and snapshot.known_status == BatchStatus.IN_PROGRESS:
             self.progress_from = (now, done)
-        total = counts.get("total") or 0
         finalizing = snapshot.known_status == BatchStatus.FINALIZING
         if self.lines_done_at is None and ((total and done >= total) or finalizing):
             self.lines_done_at = now
@@ -387,10 +396,7 @@ class Wait:
     def _progress_line(self, snapshot: BatchSnapshot, now: float, pause: float | None) -> str:
         """``Batch b in_progress: 780 of 1,000 lines done (78%), 3 failed; 12m30s since created;
         next look in 45s; deadline in 23h47m (2026-12-03 10:00:00 UTC)``."""
-        counts = snapshot.request_counts or {}
-        total = counts.get("total") or 0
-        failed = counts.get("failed") or 0
-        done = (counts.get("completed") or 0) + failed
+        done, failed, total = snapshot.lines_done, snapshot.lines_failed, snapshot.lines_total
         parts = [f"Batch {self.batch_id} {snapshot.status}"]
         if total:
             parts[0] += f": {done:,} of {total:,} lines done ({100 * done // total}%), {failed:,} failed"

@@ -312,8 +312,13 @@ class OpenAIBatchHook(BaseHook):
         return self._async_config
 
     @property
+    def resolved_config(self) -> ClientConfig:
+        """The configuration already resolved, by whichever path (async first: no sync lookup)."""
+        return self._async_config or self.config
+
+    @property
     def retry_policy(self) -> RetryPolicy:
-        return (self._async_config or self.config).retry
+        return self.resolved_config.retry
 
     def batch_url(self, batch_id: str) -> str:
         """Where a person can look at the batch: OpenAI's dashboard, or the server's own URL."""
@@ -330,7 +335,7 @@ class OpenAIBatchHook(BaseHook):
         """``connection 'x' (https://...)``: how errors say where a call went, never with the key.
         Only the id when the connection itself cannot be read: an error message must not fail."""
         try:
-            config = self._async_config or self.config
+            config = self.resolved_config
         except Exception:
             return f"connection {self.conn_id!r}"
         url = config.azure_endpoint if config.api_type == "azure" else config.base_url or OPENAI_API
@@ -387,7 +392,7 @@ class OpenAIBatchHook(BaseHook):
         )
 
     def _without_key(self, text: str) -> str:
-        key = (self._async_config or self.config).api_key
+        key = self.resolved_config.api_key
         return text.replace(key, "***") if key else text
 
     def get_conn(self) -> openai.OpenAI:

@@ -110,7 +110,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
         step.log_to(self.log)
         if not step.decision.done:
             self._keep(context, wait)
-            if wait.failures and self.reschedule and context.get("task_state_store") is None:
+            if wait.failures and self.reschedule and self._reschedule_store(context) is None:
                 self.log.warning(
                     "Failed pokes are not counted across reschedules before Airflow 3.3 (no task state"
                     " store): max_consecutive_failures cannot end this wait; its timeout will."
@@ -139,15 +139,20 @@ class OpenAIBatchSensor(BaseSensorOperator):
         if self._poke_wait is None:
             # The sensor's own timeout bounds the wait in poke and reschedule mode.
             self._poke_wait = Wait(self.batch_id, float("inf"), max_failures=self.max_consecutive_failures)
-            store = context.get("task_state_store") if self.reschedule else None
+            store = self._reschedule_store(context)
             saved = store.get(STATE_WAIT) if store is not None else None
             if isinstance(saved, dict) and saved.get("try_number") == context["ti"].try_number:
                 self._poke_wait.restore(saved)
         return self._poke_wait
 
+    def _reschedule_store(self, context: Context) -> Any:
+        """Where a ``reschedule``-mode sensor keeps its wait: the task state store (Airflow 3.3+);
+        ``None`` in the other modes, or before 3.3."""
+        return context.get("task_state_store") if self.reschedule else None
+
     def _keep(self, context: Context, wait: Wait | None) -> None:
         """Save the wait for the next poke of a rescheduled sensor (or drop it when done)."""
-        store = context.get("task_state_store") if self.reschedule else None
+        store = self._reschedule_store(context)
         if store is None:
             return
         if wait is None:
