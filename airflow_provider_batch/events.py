@@ -5,10 +5,14 @@ triggerer runs and read by whatever version the worker runs, possibly after an u
 payload is plain JSON, carries a ``schema_version``, and :func:`validate_event` rejects what it
 cannot trust (``None``, a newer schema, an unknown status, no ``batch_id``) while ignoring
 unknown extra keys, so that adding a field later stays compatible.
+
+A job's round of several batches ends in one event too (:func:`build_round_event`): the same
+envelope, with every batch's state in ``batches`` and the reason ``round_ended``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow_provider_batch.exceptions import OpenAIBatchTriggerEventError
@@ -25,7 +29,9 @@ REASON_TO_STATUS = {
     "cancelled": "cancelled",
     "timeout": "timeout",
     "polling_error": "error",
+    "round_ended": "success",
 }
+"""``round_ended``: every batch of a job's round reached a terminal state (each says which)."""
 MAX_EVENT_ERRORS = 20
 """``errors.data`` entries an event carries: a failed batch may list thousands of bad lines, and
 the event is stored in the metadata database."""
@@ -47,6 +53,39 @@ def build_event(batch_id: str, decision: Decision, snapshot: BatchSnapshot | Non
         "message": decision.message,
         "batch": batch,
     }
+
+
+def build_round_event(
+    decision: Decision, batch_ids: Sequence[str], snapshots: Mapping[str, BatchSnapshot]
+) -> dict[str, Any]:
+    """The payload for a finished wait on a round of batches: every batch's last observation, in
+    ``batch_ids`` order (only its id when the wait never saw it). ``batch_id`` names the first batch
+    so that the envelope stays the single-batch one."""
+    if not decision.done or decision.reason is None:
+        raise ValueError("an event is only built for a decision that ends the wait")
+    batches = []
+    for batch_id in batch_ids:
+        snapshot = snapshots.get(batch_id)
+        batch = snapshot.to_dict() if snapshot is not None else {"batch_id": batch_id}
+        if batch.get("errors"):
+            batch["errors"] = batch["errors"][:MAX_EVENT_ERRORS]
+        batches.append(batch)
+    return {
+        "schema_version": EVENT_SCHEMA_VERSION,
+        "status": REASON_TO_STATUS[decision.reason],
+        "termination_reason": decision.reason,
+        "batch_id": batch_ids[0],
+        "message": decision.message,
+        "batch": None,
+        "batches": batches,
+    }
+
+
+def snapshots_from_event(event: dict[str, Any]) -> list[BatchSnapshot]:
+    """Every batch a round event carries, in the round's order (the one batch of a single-batch event)."""
+    if "batches" in event:
+        return [BatchSnapshot.from_dict({"status": "", **batch}) for batch in event["batches"]]
+    return [snapshot_from_event(event)]
 
 
 def snapshot_from_event(event: dict[str, Any]) -> BatchSnapshot:
@@ -76,4 +115,11 @@ def validate_event(event: Any) -> dict[str, Any]:
         raise OpenAIBatchTriggerEventError("The trigger event has no batch_id.")
     if version >= 2 and not isinstance(event.get("batch"), dict | None):
         raise OpenAIBatchTriggerEventError("The trigger event's batch is not an object.")
+    batches = event.get("batches")
+    if batches is not None and not (
+        isinstance(batches, list)
+        and batches
+        and all(isinstance(b, dict) and b.get("batch_id") for b in batches)
+    ):
+        raise OpenAIBatchTriggerEventError("The trigger event's batches are not a list of batch objects.")
     return event
