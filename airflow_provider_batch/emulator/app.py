@@ -116,6 +116,7 @@ def create_app(
         Route("/_emulator/settings", change_settings, methods=["PATCH"]),
         Route("/_emulator/stats", read_stats, methods=["GET"]),
         Route("/_emulator/stats", reset_stats, methods=["DELETE"]),
+        Route("/_emulator/lines", read_lines, methods=["GET"]),
         Route("/_emulator/batches/{batch_id}/expire", expire_batch, methods=["POST"]),
     ]
     app = Starlette(
@@ -448,8 +449,15 @@ async def read_stats(request: Request) -> Response:
 
 
 async def reset_stats(request: Request) -> Response:
+    """Reset the call and fault statistics, and the line counts with them."""
     request.app.state.gate.reset_stats()
+    _emulator(request).runner.lines.clear()
     return _json(request.app.state.gate.stats())
+
+
+async def read_lines(request: Request) -> Response:
+    """Batch lines processed, in total and per ``custom_id`` (``runner.LineCounts``)."""
+    return _json(_emulator(request).runner.lines.to_json())
 
 
 async def expire_batch(request: Request) -> Response:

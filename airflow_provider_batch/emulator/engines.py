@@ -7,6 +7,9 @@ concurrency; an upstream failure becomes an error-file line, never a crashed bat
 
 Both honour the per-line test directive: a body carrying ``"emulator": {"status_code": 429}``
 (optionally ``"message"`` and ``"code"``) is answered with that HTTP error instead of being run.
+With ``"times": N`` the error is answered only for the first N runs of the line's ``custom_id``:
+the runner, which counts runs, strips a spent directive (:func:`without_spent_directive`) before
+the engine sees the body.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import re
 import struct
 import time
 from typing import Any, Protocol
+
+import msgspec
 
 from airflow_provider_batch.emulator.errors import error_body
 from airflow_provider_batch.emulator.store import Usage
@@ -64,14 +69,36 @@ class Engine(Protocol):
     async def aclose(self) -> None: ...
 
 
-def directive_response(body: dict[str, Any]) -> Response | None:
-    """Answer the per-line test directive (``body["emulator"]["status_code"]``), if any."""
+def _directive(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The body's test directive: an ``emulator`` object with a 4xx/5xx ``status_code``; anything
+    else under ``emulator`` is not a directive and is ignored."""
     directive = body.get("emulator")
     if not isinstance(directive, dict):
         return None
     status = directive.get("status_code")
     if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
         return None
+    return directive
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def directive_response(body: dict[str, Any]) -> Response | None:
+    """Answer the per-line test directive (``body["emulator"]["status_code"]``), if any.
+
+    A ``times`` that is not a positive integer is answered as a 400 naming ``emulator.times``:
+    a typo must not turn "fail twice" into "always fail"."""
+    directive = _directive(body)
+    if directive is None:
+        return None
+    if "times" in directive and not _is_positive_int(directive["times"]):
+        given = msgspec.json.encode(directive["times"]).decode()[:50]
+        return 400, error_body(
+            f"Invalid 'emulator.times': expected a positive integer, got {given}.", param="emulator.times"
+        )
+    status = directive["status_code"]
     if status == 429:
         kind, code = "requests", "rate_limit_exceeded"
     elif status >= 500:
@@ -80,6 +107,16 @@ def directive_response(body: dict[str, Any]) -> Response | None:
         kind, code = "invalid_request_error", None
     message = directive.get("message") or f"Emulated failure with status {status}."
     return status, error_body(str(message), type=kind, code=directive.get("code", code))
+
+
+def without_spent_directive(body: dict[str, Any], runs_before: int) -> dict[str, Any]:
+    """The body to run for a line whose ``custom_id`` already ran ``runs_before`` times: without its
+    directive once the directive's ``times`` failures are spent, else unchanged (a directive
+    without ``times``, or with an invalid one, is never spent)."""
+    directive = _directive(body)
+    if directive is None or not _is_positive_int(directive.get("times")) or runs_before < directive["times"]:
+        return body
+    return {key: value for key, value in body.items() if key != "emulator"}
 
 
 def usage_of(endpoint: str, status: int, body: dict[str, Any]) -> Usage:

@@ -120,4 +120,9 @@ class EmulatorProcess:
         return self.admin("GET", "stats")
 
     def reset_stats(self) -> dict[str, Any]:
+        """Reset the statistics and the line counts."""
         return self.admin("DELETE", "stats")
+
+    def lines(self) -> dict[str, Any]:
+        """Batch lines processed: ``{"processed": N, "custom_ids": {custom_id: times, ...}}``."""
+        return self.admin("GET", "lines")

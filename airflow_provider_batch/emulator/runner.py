@@ -11,6 +11,9 @@ Per-batch test controls ride in the batch ``metadata`` (any SDK can set them):
 ``emulator_line_delay``, ``emulator_validating_delay``, ``emulator_finalizing_delay``,
 ``emulator_cancelling_delay`` (seconds), ``emulator_expire_after_lines`` (expire once that many
 lines are done) and ``emulator_fail_validation`` (an error code, e.g. ``token_limit_exceeded``).
+
+The runner counts the lines it processes per ``custom_id`` (:class:`LineCounts`); the per-line
+directive's ``times`` reads those counts.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import hashlib
 import logging
 import random
 import time
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -27,7 +32,7 @@ from typing import IO, Any
 import msgspec
 
 from airflow_provider_batch.emulator.azure import canonical_endpoint, token_limit_message
-from airflow_provider_batch.emulator.engines import Engine, usage_of
+from airflow_provider_batch.emulator.engines import Engine, usage_of, without_spent_directive
 from airflow_provider_batch.emulator.errors import APIError
 from airflow_provider_batch.emulator.settings import Settings
 from airflow_provider_batch.emulator.store import BatchRecord, FileRecord, Progress, Store, Usage
@@ -81,6 +86,36 @@ class Controls:
         )
 
 
+class LineCounts:
+    """How many times each ``custom_id`` was processed: run through the engine with its result
+    (success or error) written and committed, the lines a real API bills. Lines written as
+    ``batch_expired`` or ``batch_cancelled`` never ran, and a line answered while its batch was
+    being cancelled is dropped unwritten, so neither counts.
+
+    Kept in memory since the server started or ``DELETE /_emulator/stats``: one dict entry per
+    distinct ``custom_id`` (about 100 bytes each: 50,000 distinct ids take a few MB), which a test
+    server can afford; the reset frees it."""
+
+    def __init__(self) -> None:
+        self.processed = 0
+        self.by_custom_id: Counter[str] = Counter()
+
+    def runs(self, custom_id: str) -> int:
+        return self.by_custom_id.get(custom_id, 0)
+
+    def add(self, custom_ids: Iterable[str]) -> None:
+        for custom_id in custom_ids:
+            self.by_custom_id[custom_id] += 1
+            self.processed += 1
+
+    def clear(self) -> None:
+        self.processed = 0
+        self.by_custom_id = Counter()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"processed": self.processed, "custom_ids": dict(self.by_custom_id)}
+
+
 def scaled(seconds: float, settings: Settings) -> float:
     """Real seconds that ``seconds`` of emulated time last under the current time scale."""
     return seconds / settings.time_scale if settings.time_scale > 0 else seconds
@@ -101,6 +136,7 @@ class BatchRunner:
         self.dialect = dialect
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._nudges: dict[str, asyncio.Event] = {}
+        self.lines = LineCounts()
 
     def resume_all(self) -> None:
         """Pick up every batch a previous server left unfinished."""
@@ -247,9 +283,11 @@ class BatchRunner:
                     limit = min(limit, controls.expire_after_lines - lines_done)
                 chunk = await asyncio.to_thread(self._read_chunk, batch, limit)
                 if chunk.lines:
-                    responses = await self.engine.respond_many(
-                        canonical_endpoint(batch.endpoint), [body for _, body in chunk.lines]
-                    )
+                    bodies = [
+                        without_spent_directive(body, self.lines.runs(custom_id))
+                        for custom_id, body in chunk.lines
+                    ]
+                    responses = await self.engine.respond_many(canonical_endpoint(batch.endpoint), bodies)
                     if controls.line_delay and await self._nap(
                         batch.id, controls.line_delay * len(chunk.lines)
                     ):
@@ -257,6 +295,7 @@ class BatchRunner:
                         continue  # the chunk was not answered; it is read again if the batch goes on
                     written = await asyncio.to_thread(results.write, chunk, responses)
                     batch = self.store.update_batch(batch.id, written.commit)
+                    self.lines.add(custom_id for custom_id, _ in chunk.lines)
                 else:
                     batch = self.store.update_batch(batch.id, _start_finalizing)
 
