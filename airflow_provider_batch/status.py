@@ -40,7 +40,9 @@ IN_PROGRESS = frozenset(
 )
 TERMINAL = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})
 
-Reason = Literal["completed", "failed", "expired", "cancelled", "timeout", "polling_error"]
+Reason = Literal["completed", "failed", "expired", "cancelled", "timeout", "polling_error", "round_ended"]
+"""Why a wait ended. ``round_ended`` ends the wait for a job's round of batches
+(:mod:`~airflow_provider_batch.watch`): each batch ended, each for its own terminal reason."""
 TERMINAL_REASON: dict[BatchStatus, Reason] = {
     BatchStatus.COMPLETED: "completed",
     BatchStatus.FAILED: "failed",
@@ -276,6 +278,13 @@ so that the trigger's own ``timeout`` event, which carries the batch's last stat
 Larger than :data:`OBSERVATION_GRACE` by design."""
 
 
+def observation_budget(end_time: float, now: float) -> float:
+    """Seconds an observation starting at ``now`` may take: as long as it needs well before the
+    deadline ``end_time``, but never more than :data:`OBSERVATION_GRACE` past it. Shared by the
+    wait for one batch and the wait for a round, whose triggers both cut their calls short by it."""
+    return max(0.0, end_time - now) + OBSERVATION_GRACE
+
+
 @dataclass
 class Wait:
     """The state of one wait for a batch: poll count, consecutive failures, last good snapshot.
@@ -360,9 +369,8 @@ class Wait:
         self.seen_at = now
 
     def observation_budget(self, now: float) -> float:
-        """Seconds the observation starting at ``now`` may take: as long as it needs well before
-        the deadline, but never more than :data:`OBSERVATION_GRACE` past it."""
-        return max(0.0, self.end_time - now) + OBSERVATION_GRACE
+        """Seconds the observation starting at ``now`` may take (:func:`observation_budget`)."""
+        return observation_budget(self.end_time, now)
 
     def observe(self, observed: BatchSnapshot | PollFailure, now: float, *, plan: bool = True) -> Step:
         """Take one observation: decide, and unless the wait is over (or ``plan`` is off, for a

@@ -15,9 +15,12 @@ are read as that provider documents them, ``openai_client_kwargs`` included):
 - extra ``api_type: "azure"`` with ``api_version`` and ``azure_endpoint`` (or host) for Azure
   OpenAI, which needs ``AzureOpenAI`` and its deployment-name models.
 
-Sync calls run on workers; the async surface (``aget_batch``, ``acancel_batch``) is what the
-trigger needs and never blocks the event loop: the connection is resolved with Airflow's async
-connection API and the client is built in a worker thread.
+Sync calls run on workers; the async surface (``aget_batch``, ``acancel_batch``, ``apoll_batch``,
+``apoll_batches``) is what the triggers need and never blocks the event loop: the connection is
+resolved with Airflow's async connection API and the client is built in a worker thread.
+
+Many batches (a job's round) are observed through the batch listing, ``ceil(N / 100)`` calls for
+``N`` batches, instead of one call per batch (:meth:`OpenAIBatchHook.poll_batches`).
 """
 
 from __future__ import annotations
@@ -26,31 +29,34 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import httpx2
 import openai
 from airflow.providers.common.compat.connection import get_async_connection, get_async_extra_dejson
 from airflow.sdk import BaseHook
 
-from airflow_provider_batch.events import build_event
+from airflow_provider_batch.events import build_event, build_round_event
 from airflow_provider_batch.exceptions import OpenAIBatchAPIError, OpenAIBatchConfigError, OpenAIBatchError
 from airflow_provider_batch.hooks.retry import RetryPolicy, is_transient
-from airflow_provider_batch.status import BatchSnapshot, PollFailure, PollSchedule, Wait
+from airflow_provider_batch.status import BatchSnapshot, Decision, PollFailure, PollSchedule, Wait
+from airflow_provider_batch.watch import RoundWait, Waiter
 
 if TYPE_CHECKING:
     from airflow.sdk import Connection, ObjectStoragePath
     from openai.types import Batch, FileObject, FilePurpose
 
 log = logging.getLogger(__name__)
+Observed = TypeVar("Observed")
 
 IDEMPOTENCY_KEY = "airflow_idempotency_key"
 """Metadata key under which every batch we create carries its idempotency key."""
@@ -72,6 +78,15 @@ triggerer's CPU (``benchmarks/triggerer_scale.py --profile``). Fifty connections
 hundreds of status calls a second; a request beyond them waits for a free connection within the
 call's ``timeout``.
 """
+LIST_PAGE_SIZE = 100
+"""Batches per page of ``GET /v1/batches``: the API's maximum, so a look at N batches costs
+``ceil(N / 100)`` calls."""
+EXTRA_LIST_PAGES = 2
+"""Pages a look at many batches reads beyond ``ceil(N / 100)``: room for batches that other work
+on the account created after them. Batches still not listed are then retrieved one by one."""
+POLL_CONCURRENCY = 8
+"""Batches retrieved at the same time (async) when the listing did not show them: enough to keep
+a look short, few enough not to take over the shared client's connections."""
 
 
 @dataclass(frozen=True)
@@ -592,21 +607,47 @@ class OpenAIBatchHook(BaseHook):
     def find_batch_by_metadata(
         self, key: str, value: str, *, created_after: float | None = None, max_batches: int = 10_000
     ) -> Batch | None:
-        """The newest batch whose ``metadata[key] == value``.
+        """The newest batch whose ``metadata[key] == value`` (see :meth:`find_batches_by_metadata`)."""
+        return self._find_by_metadata(key, {value}, created_after, max_batches).get(value)
 
-        The scan walks the list newest first and stops at the first batch created before
-        ``created_after`` (unix seconds) or after ``max_batches`` batches, so it stays bounded on
-        accounts with a long history.
+    def find_batches_by_metadata(
+        self,
+        key: str,
+        values: Collection[str],
+        *,
+        created_after: float | None = None,
+        max_batches: int = 10_000,
+    ) -> dict[str, BatchSnapshot]:
+        """For each of ``values`` found, the newest batch whose ``metadata[key]`` is that value.
+
+        One walk over the list, newest first, for all the values (a job re-attaching its shards
+        looks for tens of them: one walk each would list the account's batches tens of times). It
+        stops once every value is found, at the first batch created before ``created_after`` (unix
+        seconds), or after ``max_batches`` batches, so it stays bounded on accounts with a long
+        history. Values not found are absent from the answer.
         """
+        found = self._find_by_metadata(key, set(values), created_after, max_batches)
+        return {value: snapshot_of(batch) for value, batch in found.items()}
+
+    def _find_by_metadata(
+        self, key: str, values: set[str], created_after: float | None, max_batches: int
+    ) -> dict[str, Batch]:
+        found: dict[str, Batch] = {}
+        if not values:
+            return found
         for seen, batch in enumerate(self.list_batches(), start=1):
             if created_after is not None and batch.created_at < created_after:
-                return None
-            if (batch.metadata or {}).get(key) == value:
-                return batch
+                break
+            value = (batch.metadata or {}).get(key)
+            if value in values and value not in found:
+                found[value] = batch
+                if len(found) == len(values):
+                    break
             if seen >= max_batches:
-                log.warning("Stopped looking for %s=%s after %d batches", key, value, seen)
-                return None
-        return None
+                missing = ", ".join(sorted(values - found.keys()))
+                log.warning("Stopped looking for %s=%s after %d batches", key, missing, seen)
+                break
+        return found
 
     # async surface (triggers, deferrable sensors) ----------------------------------------------
 
@@ -638,6 +679,56 @@ class OpenAIBatchHook(BaseHook):
         except openai.OpenAIError as exc:
             return poll_failure(exc)
 
+    # observing many batches: the listing, then one by one what it did not show ---------------------
+
+    def poll_batches(
+        self, batch_ids: Sequence[str], *, created_after: float | None = None
+    ) -> dict[str, BatchSnapshot | PollFailure]:
+        """Observe many batches at once with as few calls as possible, never raising.
+
+        The batch listing (``GET /v1/batches``, 100 a page, newest first) is read until every
+        batch was seen, or a page ends before ``created_after`` (unix seconds by the server's
+        clock: the oldest creation time of the batches, when the caller knows it), or after
+        ``ceil(N / 100) + 2`` pages (:data:`EXTRA_LIST_PAGES`). So N batches created together cost
+        ``ceil(N / 100)`` calls instead of N. A batch the listing did not show is retrieved on its
+        own (:meth:`poll_batch`). A listing that fails under the retry policy is a ``PollFailure``
+        for every batch not seen yet, and nothing is retrieved one by one: with the listing
+        failing, N more calls would most likely fail too, each after its own retries.
+
+        :return: every id of ``batch_ids``, with its snapshot or why it could not be observed.
+        """
+        scan = _ListingScan(batch_ids, created_after)
+        try:
+            while (query := scan.next_query()) is not None:
+                scan.take(self._call(self.get_conn().batches.with_raw_response.list, **query))
+        except openai.OpenAIError as exc:
+            scan.fail(poll_failure(exc))
+        return scan.answer({batch_id: self.poll_batch(batch_id) for batch_id in scan.unseen()})
+
+    async def apoll_batches(
+        self, batch_ids: Sequence[str], *, created_after: float | None = None
+    ) -> dict[str, BatchSnapshot | PollFailure]:
+        """:meth:`poll_batches` for the event loop; the batches the listing did not show are
+        retrieved concurrently, :data:`POLL_CONCURRENCY` at a time."""
+        scan = _ListingScan(batch_ids, created_after)
+        try:
+            async with self.async_client() as client:
+                while (query := scan.next_query()) is not None:
+                    scan.take(await self._acall(client.batches.with_raw_response.list, **query))
+        except openai.OpenAIError as exc:
+            scan.fail(poll_failure(exc))
+        unseen = scan.unseen()
+        slots = asyncio.Semaphore(POLL_CONCURRENCY)
+
+        async def retrieve(batch_id: str) -> BatchSnapshot | PollFailure:
+            async with slots:
+                return await self.apoll_batch(batch_id)
+
+        singles = await asyncio.gather(*(retrieve(batch_id) for batch_id in unseen))
+        return scan.answer(dict(zip(unseen, singles, strict=True)))
+
+    # waiting ---------------------------------------------------------------------------------------
+
     def wait_for_batch(
         self,
         batch_id: str,
@@ -649,13 +740,48 @@ class OpenAIBatchHook(BaseHook):
         """Poll until the wait ends; return the same event payload the trigger would yield, so
         the deferrable and the synchronous paths finish through the same code."""
         wait = Wait(batch_id, end_time, schedule or PollSchedule(), max_consecutive_failures)
+        decision = self._wait_until_done(wait, lambda: self.poll_batch(batch_id))
+        return build_event(batch_id, decision, wait.last)
+
+    def wait_for_batches(
+        self,
+        batch_ids: Sequence[str],
+        *,
+        end_time: float,
+        schedule: PollSchedule | None = None,
+        max_consecutive_failures: int = 5,
+        round_number: int = 1,
+        created_after: float | None = None,
+    ) -> dict[str, Any]:
+        """Wait for a job's round of batches until every one ended or ``end_time`` passed; return
+        the event payload :class:`~airflow_provider_batch.triggers.job.OpenAIBatchJobTrigger` would
+        yield (:func:`~airflow_provider_batch.events.build_round_event`), so the deferrable and the
+        synchronous paths finish through the same code. Each look costs :meth:`poll_batches`'s
+        calls for the batches not yet ended.
+
+        :param created_after: passed on to :meth:`poll_batches` (the round's oldest creation time).
+        """
+        wait = RoundWait(
+            batch_ids,
+            end_time,
+            schedule or PollSchedule(),
+            max_consecutive_failures,
+            round_number=round_number,
+        )
+        decision = self._wait_until_done(
+            wait, lambda: self.poll_batches(wait.unfinished(), created_after=created_after)
+        )
+        return build_round_event(decision, wait.batch_ids, wait.last)
+
+    def _wait_until_done(self, wait: Waiter[Observed], look: Callable[[], Observed]) -> Decision:
+        """The synchronous waiting loop: pause, look, let ``wait`` decide, until it says done."""
         pause = wait.pause(time.time())
         while True:
             time.sleep(pause)
-            step = wait.observe(self.poll_batch(batch_id), now=time.time())
+            step = wait.observe(look(), now=time.time())
             step.log_to(log)
             if step.decision.done:
-                return build_event(batch_id, step.decision, wait.last)
+                return step.decision
             pause = step.pause
 
 
@@ -672,9 +798,84 @@ def read_snapshot(response: Any) -> BatchSnapshot | PollFailure:
     """
     try:
         body = json.loads(response.content)
+    except (ValueError, TypeError, AttributeError) as exc:
+        return PollFailure(retryable=True, message=f"the server's answer is not a batch object: {exc!r}")
+    return _snapshot_from_json(body)
+
+
+def _snapshot_from_json(body: Any) -> BatchSnapshot | PollFailure:
+    try:
         return BatchSnapshot.from_api(body)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         return PollFailure(retryable=True, message=f"the server's answer is not a batch object: {exc!r}")
+
+
+class _ListingScan:
+    """Which pages of the batch listing a look at many batches reads, and what they showed: the
+    logic :meth:`OpenAIBatchHook.poll_batches` and ``apoll_batches`` share, doing only the calls.
+
+    Pages are parsed from the raw JSON, as :func:`read_snapshot` does, and only the wanted
+    batches of a page become snapshots: a page is 100 batches, most of them someone else's.
+    """
+
+    def __init__(self, batch_ids: Sequence[str], created_after: float | None) -> None:
+        self.wanted = list(dict.fromkeys(batch_ids))
+        self._wanted = set(self.wanted)
+        self.created_after = created_after
+        self.max_pages = math.ceil(len(self.wanted) / LIST_PAGE_SIZE) + EXTRA_LIST_PAGES
+        self.observed: dict[str, BatchSnapshot | PollFailure] = {}
+        self.pages = 0
+        self.after: str | None = None
+        self.exhausted = False
+
+    def next_query(self) -> dict[str, Any] | None:
+        """The arguments of the next ``batches.list`` call, or ``None`` when the scan is over."""
+        if self.exhausted or self.pages >= self.max_pages or len(self.observed) == len(self.wanted):
+            return None
+        return {"limit": LIST_PAGE_SIZE} | ({"after": self.after} if self.after else {})
+
+    def take(self, response: Any) -> None:
+        """Read one page (a raw response); a page that is not a list of batches fails the rest."""
+        self.pages += 1
+        try:
+            body = json.loads(response.content)
+            data = body["data"]
+            for item in data:
+                batch_id = item.get("id")
+                if batch_id in self._wanted and batch_id not in self.observed:
+                    self.observed[batch_id] = _snapshot_from_json(item)
+            oldest = data[-1] if data else None
+            more = bool(body.get("has_more")) and oldest is not None
+            self.after = oldest["id"] if oldest is not None else None
+            created = oldest.get("created_at") if oldest is not None else None
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as exc:
+            message = f"the server's answer is not a list of batches: {exc!r}"
+            self.fail(PollFailure(retryable=True, message=message))
+            return
+        past = (
+            self.created_after is not None
+            and isinstance(created, int | float)
+            and created < self.created_after
+        )
+        self.exhausted = not more or past
+
+    def fail(self, failure: PollFailure) -> None:
+        """The listing failed: every batch not seen yet gets ``failure``, and the scan is over."""
+        for batch_id in self.unseen():
+            self.observed[batch_id] = failure
+        self.exhausted = True
+
+    def unseen(self) -> list[str]:
+        return [batch_id for batch_id in self.wanted if batch_id not in self.observed]
+
+    def answer(
+        self, singles: Mapping[str, BatchSnapshot | PollFailure]
+    ) -> dict[str, BatchSnapshot | PollFailure]:
+        """Every wanted batch, from the listing or else from ``singles`` (retrieved one by one)."""
+        return {
+            batch_id: self.observed[batch_id] if batch_id in self.observed else singles[batch_id]
+            for batch_id in self.wanted
+        }
 
 
 def poll_failure(exc: openai.OpenAIError) -> PollFailure:

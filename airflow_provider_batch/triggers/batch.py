@@ -10,6 +10,10 @@ drives.
 The kwargs are stored in plain text in the metadata database, so they hold a ``conn_id`` and
 never a key. The deadline is absolute wall-clock time, so a triggerer restart, a redeploy or a
 reassignment re-creates the trigger with the same deadline instead of a fresh 24 hours.
+
+:class:`BatchPollingTrigger` holds what this trigger and the job's round trigger
+(:mod:`~airflow_provider_batch.triggers.job`) share: those arguments, the hook built off the
+loop, the waiting loop, the deferral timeout and the cancel on kill.
 """
 
 from __future__ import annotations
@@ -17,16 +21,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_batch.events import build_event
 from airflow_provider_batch.status import (
     DEFER_GRACE,
-    BatchSnapshot,
+    Decision,
     PollFailure,
     PollSchedule,
     Wait,
@@ -36,6 +40,9 @@ from airflow_provider_batch.status import (
 
 if TYPE_CHECKING:
     from airflow_provider_batch.hooks.batch import OpenAIBatchHook
+    from airflow_provider_batch.watch import Waiter
+
+Observed = TypeVar("Observed")
 
 HOOK_MODULE = "airflow_provider_batch.hooks.batch"
 
@@ -44,7 +51,152 @@ ON_KILL_CANCEL_TIMEOUT = 20.0
 (30 s), so our own timeout, with its log line, fires first."""
 
 
-class OpenAIBatchTrigger(BaseTrigger):
+class BatchPollingTrigger(BaseTrigger):
+    """What the provider's triggers share: a connection, an absolute deadline, a poll schedule and
+    failure budget, the cancel-on-kill switch; the hook built off the loop; the waiting loop; the
+    deferral timeout and message; the cancel on kill. A subclass says what it watches
+    (:meth:`_batches_to_cancel`, ``run``, ``serialize``)."""
+
+    def __init__(
+        self,
+        *,
+        conn_id: str,
+        end_time: float,
+        poll_interval: float,
+        max_poll_interval: float,
+        max_consecutive_failures: int,
+        cancel_on_kill: bool,
+    ) -> None:
+        super().__init__()
+        if not isinstance(end_time, (int, float)) or isinstance(end_time, bool):
+            raise TypeError("end_time must be unix seconds (a number)")
+        if poll_interval <= 0 or max_poll_interval < poll_interval:
+            raise ValueError("need 0 < poll_interval <= max_poll_interval")
+        if max_consecutive_failures < 1:
+            raise ValueError("max_consecutive_failures must be at least 1")
+        self.conn_id = conn_id
+        self.end_time = float(end_time)
+        self.poll_interval = float(poll_interval)
+        self.max_poll_interval = float(max_poll_interval)
+        self.max_consecutive_failures = int(max_consecutive_failures)
+        self.cancel_on_kill = bool(cancel_on_kill)
+
+    def _serialized(self, **watched: Any) -> tuple[str, dict[str, Any]]:
+        """``serialize()``'s answer: the classpath, and exactly the constructor's arguments."""
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "conn_id": self.conn_id,
+                **watched,
+                "end_time": self.end_time,
+                "poll_interval": self.poll_interval,
+                "max_poll_interval": self.max_poll_interval,
+                "max_consecutive_failures": self.max_consecutive_failures,
+                "cancel_on_kill": self.cancel_on_kill,
+            },
+        )
+
+    def schedule(self) -> PollSchedule:
+        return PollSchedule(initial=self.poll_interval, maximum=self.max_poll_interval)
+
+    def defer_timeout(self) -> timedelta:
+        """The ``timeout`` to defer with: past ``end_time`` by the longest pause and a grace, so
+        this trigger's own deadline event, which carries the last state seen, always comes first."""
+        return timedelta(seconds=max(0.0, self.end_time - time.time()) + self.max_poll_interval + DEFER_GRACE)
+
+    def _deferral_message(self, watched: str, pages: str) -> str:
+        """What the task log says as the task defers: the worker is free, and when to expect what."""
+        return (
+            f"Deferring: {watched} watched in the triggerer, with no worker slot held;"
+            f" first look in about {self.poll_interval:g} s, deadline {format_utc(self.end_time)}"
+            f" (in {format_duration(self.end_time - time.time())}). {pages}"
+        )
+
+    async def ahook(self) -> OpenAIBatchHook:
+        """The hook, built on first use (never in ``__init__``).
+
+        The hook module imports ``openai``, about a second of CPU on a cold process. The triggerer
+        imports this module on its event loop, so the hook module is imported here instead, in a
+        thread, and the loop keeps serving the other triggers meanwhile.
+        """
+        if not hasattr(self, "_hook"):
+            module = await asyncio.to_thread(importlib.import_module, HOOK_MODULE)
+            self._hook = module.OpenAIBatchHook(conn_id=self.conn_id)
+        return self._hook
+
+    async def _watch(
+        self,
+        wait: Waiter[Observed],
+        look: Callable[[OpenAIBatchHook], Awaitable[Observed]],
+        watched: str,
+    ) -> Decision:
+        """Pause, ``look``, let ``wait`` decide, until it says done; return its last decision.
+
+        The loop's shared client is held for the whole wait and handed back however it ends. Each
+        look is cut short by the wait's budget, so that this trigger's deadline event always comes
+        before Airflow's deferral timeout (see ``OBSERVATION_GRACE``).
+        """
+        hook = await self.ahook()
+        async with hook.async_client():
+            pause = wait.pause(time.time())
+            self.log.info(
+                "Watching %s until %s; first look in %.0f s", watched, format_utc(self.end_time), pause
+            )
+            while True:
+                await asyncio.sleep(pause)
+                budget = wait.observation_budget(time.time())
+                observed: Observed | PollFailure
+                try:
+                    observed = await asyncio.wait_for(look(hook), budget)
+                except TimeoutError:
+                    observed = PollFailure(
+                        retryable=True, message=f"the status call did not finish within {budget:.0f} s"
+                    )
+                step = wait.observe(observed, now=time.time())
+                step.log_to(self.log)
+                if step.decision.done:
+                    return step.decision
+                pause = step.pause
+
+    def _batches_to_cancel(self) -> Sequence[str]:
+        """The batches ``on_kill`` cancels."""
+        raise NotImplementedError
+
+    async def on_kill(self) -> None:
+        """Cancel the batches this trigger watches that it has not seen end, concurrently, best
+        effort, bounded in time as a whole by :data:`ON_KILL_CANCEL_TIMEOUT`.
+
+        Only batches of this trigger's own kwargs are cancelled: after a clear, the next try may
+        already be waiting on new batches. ``cleanup()`` never cancels (it also runs on triggerer
+        restarts, which must leave batches running).
+        """
+        batch_ids = list(self._batches_to_cancel())
+        if not self.cancel_on_kill:
+            self.log.info("Left running, cancel_on_kill is off: batch %s", ", ".join(batch_ids))
+            return
+        try:
+            hook = await self.ahook()
+            cancels = asyncio.gather(*(self._cancel(hook, batch_id) for batch_id in batch_ids))
+            await asyncio.wait_for(cancels, ON_KILL_CANCEL_TIMEOUT)
+        except TimeoutError:
+            self.log.warning(
+                "Could not cancel batch %s on kill: no answer within %.0f s",
+                ", ".join(batch_ids),
+                ON_KILL_CANCEL_TIMEOUT,
+            )
+        except Exception as exc:
+            self.log.warning("Could not cancel batch %s on kill: %s", ", ".join(batch_ids), exc)
+
+    async def _cancel(self, hook: OpenAIBatchHook, batch_id: str) -> None:
+        try:
+            batch = await hook.acancel_batch(batch_id)
+        except Exception as exc:
+            self.log.warning("Could not cancel batch %s on kill: %s", batch_id, exc)
+            return
+        self.log.info("Batch %s cancelled on kill (now %s)", batch_id, batch.status)
+
+
+class OpenAIBatchTrigger(BatchPollingTrigger):
     """Poll a batch until it ends or ``end_time`` passes, then yield exactly one event.
 
     :param conn_id: the ``openai_batch`` connection.
@@ -69,113 +221,31 @@ class OpenAIBatchTrigger(BaseTrigger):
         max_consecutive_failures: int = 5,
         cancel_on_kill: bool = True,
     ) -> None:
-        super().__init__()
         if not isinstance(batch_id, str) or not batch_id:
             raise ValueError("batch_id must be a non-empty string")
-        if not isinstance(end_time, (int, float)) or isinstance(end_time, bool):
-            raise TypeError("end_time must be unix seconds (a number)")
-        if poll_interval <= 0 or max_poll_interval < poll_interval:
-            raise ValueError("need 0 < poll_interval <= max_poll_interval")
-        if max_consecutive_failures < 1:
-            raise ValueError("max_consecutive_failures must be at least 1")
-        self.conn_id = conn_id
+        super().__init__(
+            conn_id=conn_id,
+            end_time=end_time,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            max_consecutive_failures=max_consecutive_failures,
+            cancel_on_kill=cancel_on_kill,
+        )
         self.batch_id = batch_id
-        self.end_time = float(end_time)
-        self.poll_interval = float(poll_interval)
-        self.max_poll_interval = float(max_poll_interval)
-        self.max_consecutive_failures = int(max_consecutive_failures)
-        self.cancel_on_kill = bool(cancel_on_kill)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "conn_id": self.conn_id,
-                "batch_id": self.batch_id,
-                "end_time": self.end_time,
-                "poll_interval": self.poll_interval,
-                "max_poll_interval": self.max_poll_interval,
-                "max_consecutive_failures": self.max_consecutive_failures,
-                "cancel_on_kill": self.cancel_on_kill,
-            },
-        )
-
-    def defer_timeout(self) -> timedelta:
-        """The ``timeout`` to defer with: past ``end_time`` by the longest pause and a grace, so
-        this trigger's own deadline event, which carries the batch's last state, always comes first."""
-        return timedelta(seconds=max(0.0, self.end_time - time.time()) + self.max_poll_interval + DEFER_GRACE)
+        return self._serialized(batch_id=self.batch_id)
 
     def deferral_message(self, batch_url: str) -> str:
         """What the task log says as the task defers: the worker is free, and when to expect what."""
-        return (
-            f"Deferring: batch {self.batch_id} is watched in the triggerer, with no worker slot held;"
-            f" first look in about {self.poll_interval:g} s, deadline {format_utc(self.end_time)}"
-            f" (in {format_duration(self.end_time - time.time())}). Batch page: {batch_url}"
-        )
-
-    async def ahook(self) -> OpenAIBatchHook:
-        """The hook, built on first use (never in ``__init__``).
-
-        The hook module imports ``openai``, about a second of CPU on a cold process. The triggerer
-        imports this module on its event loop, so the hook module is imported here instead, in a
-        thread, and the loop keeps serving the other triggers meanwhile.
-        """
-        if not hasattr(self, "_hook"):
-            module = await asyncio.to_thread(importlib.import_module, HOOK_MODULE)
-            self._hook = module.OpenAIBatchHook(conn_id=self.conn_id)
-        return self._hook
+        return self._deferral_message(f"batch {self.batch_id} is", f"Batch page: {batch_url}")
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        wait = Wait(
-            self.batch_id,
-            self.end_time,
-            PollSchedule(initial=self.poll_interval, maximum=self.max_poll_interval),
-            self.max_consecutive_failures,
+        wait = Wait(self.batch_id, self.end_time, self.schedule(), self.max_consecutive_failures)
+        decision = await self._watch(
+            wait, lambda hook: hook.apoll_batch(self.batch_id), f"batch {self.batch_id}"
         )
-        hook = await self.ahook()
-        # Hold the loop's shared client for the whole wait; it is handed back however run() ends.
-        async with hook.async_client():
-            pause = wait.pause(time.time())
-            self.log.info(
-                "Watching batch %s until %s; first look in %.0f s",
-                self.batch_id,
-                format_utc(self.end_time),
-                pause,
-            )
-            while True:
-                await asyncio.sleep(pause)
-                step = wait.observe(await self._observe(hook, wait), now=time.time())
-                step.log_to(self.log)
-                if step.decision.done:
-                    yield TriggerEvent(build_event(self.batch_id, step.decision, wait.last))
-                    return
-                pause = step.pause
+        yield TriggerEvent(build_event(self.batch_id, decision, wait.last))
 
-    async def _observe(self, hook: OpenAIBatchHook, wait: Wait) -> BatchSnapshot | PollFailure:
-        """One observation, cut short by the wait's budget so that this trigger's deadline event
-        always comes before Airflow's deferral timeout (see ``OBSERVATION_GRACE``)."""
-        budget = wait.observation_budget(time.time())
-        try:
-            return await asyncio.wait_for(hook.apoll_batch(self.batch_id), budget)
-        except TimeoutError:
-            return PollFailure(
-                retryable=True, message=f"the status call did not finish within {budget:.0f} s"
-            )
-
-    async def on_kill(self) -> None:
-        """Cancel the batch this trigger watches, once, best effort, bounded in time.
-
-        Only the ``batch_id`` of this trigger's own kwargs is cancelled: after a clear, the next
-        try may already be waiting on a new batch. ``cleanup()`` never cancels (it also runs on
-        triggerer restarts, which must leave batches running).
-        """
-        if not self.cancel_on_kill:
-            self.log.info("Batch %s left running: cancel_on_kill is off", self.batch_id)
-            return
-        try:
-            hook = await self.ahook()
-            batch = await asyncio.wait_for(hook.acancel_batch(self.batch_id), ON_KILL_CANCEL_TIMEOUT)
-        except Exception as exc:
-            self.log.warning("Could not cancel batch %s on kill: %s", self.batch_id, exc)
-            return
-        self.log.info("Batch %s cancelled on kill (now %s)", self.batch_id, batch.status)
+    def _batches_to_cancel(self) -> Sequence[str]:
+        return [self.batch_id]

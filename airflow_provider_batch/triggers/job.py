@@ -1,0 +1,120 @@
+"""``OpenAIBatchJobTrigger``: waits for a job's round of batches in the triggerer, as one trigger.
+
+A job (issue 12) submits its input as several batches (shards), and the lines left unfinished
+again in later rounds. Its task defers once per round, to this trigger, rather than to one
+:class:`~airflow_provider_batch.triggers.batch.OpenAIBatchTrigger` per batch:
+
+- status calls: each look reads the batch listing, ``ceil(N / 100)`` pages for N batches
+  (:meth:`~airflow_provider_batch.hooks.batch.OpenAIBatchHook.apoll_batches`), instead of N
+  retrieves; and only batches not yet seen ended are looked for;
+- one deadline, one schedule and one failure budget for the round
+  (:class:`~airflow_provider_batch.watch.RoundWait`, the object the hook's synchronous
+  ``wait_for_batches`` drives too), one trigger row, one event when the last batch ends, with
+  every batch's state (:func:`~airflow_provider_batch.events.build_round_event`);
+- one progress line per look for the whole job: batches by status, lines done, rate, time left.
+
+Everything else is the single-batch trigger's (:class:`BatchPollingTrigger`): kwargs of plain
+JSON with a ``conn_id`` and never a key, an absolute wall-clock deadline that survives triggerer
+restarts, no blocking call on the loop, a cancel on kill bounded in time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from airflow.triggers.base import TriggerEvent
+
+from airflow_provider_batch.events import build_round_event
+from airflow_provider_batch.triggers.batch import BatchPollingTrigger
+from airflow_provider_batch.watch import RoundWait
+
+
+class OpenAIBatchJobTrigger(BatchPollingTrigger):
+    """Poll a round of batches until every one ended or ``end_time`` passes, then yield exactly one
+    event (``round_ended``, ``timeout`` or ``polling_error``) carrying every batch's last state.
+
+    :param conn_id: the ``openai_batch`` connection.
+    :param batch_ids: the round's batches, distinct; the event lists them in this order.
+    :param end_time: absolute deadline, unix seconds (wall clock): survives triggerer restarts.
+    :param poll_interval: seconds before the second look; intervals then grow 1.5-fold.
+    :param max_poll_interval: cap on the interval (the default keeps a 24 h round under ~300 looks).
+    :param max_consecutive_failures: failed looks tolerated in a row before giving up (the
+        batches are *not* cancelled then: their state is unknown).
+    :param cancel_on_kill: cancel the batches not seen ended when a user marks the deferred task
+        failed or success, or clears it (Airflow 3.3+ calls ``on_kill``; earlier versions never do).
+    :param round_number: the job's round (1 for the first submission), for the log.
+    :param created_after: the oldest creation time of the batches (unix seconds, the server's
+        ``created_at``), when known: the listing is read no further back than that.
+    """
+
+    def __init__(
+        self,
+        *,
+        conn_id: str,
+        batch_ids: list[str],
+        end_time: float,
+        poll_interval: float = 30.0,
+        max_poll_interval: float = 300.0,
+        max_consecutive_failures: int = 5,
+        cancel_on_kill: bool = True,
+        round_number: int = 1,
+        created_after: float | None = None,
+    ) -> None:
+        if (
+            not isinstance(batch_ids, (list, tuple))
+            or not batch_ids
+            or not all(isinstance(batch_id, str) and batch_id for batch_id in batch_ids)
+        ):
+            raise ValueError("batch_ids must be a non-empty list of non-empty strings")
+        if len(set(batch_ids)) != len(batch_ids):
+            raise ValueError("batch_ids must be distinct")
+        if not isinstance(round_number, int) or isinstance(round_number, bool) or round_number < 1:
+            raise ValueError("round_number must be an integer, at least 1")
+        if created_after is not None and (
+            not isinstance(created_after, (int, float)) or isinstance(created_after, bool)
+        ):
+            raise TypeError("created_after must be unix seconds (a number) or None")
+        super().__init__(
+            conn_id=conn_id,
+            end_time=end_time,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            max_consecutive_failures=max_consecutive_failures,
+            cancel_on_kill=cancel_on_kill,
+        )
+        self.batch_ids = list(batch_ids)
+        self.round_number = round_number
+        self.created_after = None if created_after is None else float(created_after)
+        self._wait: RoundWait | None = None
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return self._serialized(
+            batch_ids=list(self.batch_ids), round_number=self.round_number, created_after=self.created_after
+        )
+
+    def deferral_message(self, batch_url: str) -> str:
+        """What the task log says as the task defers; ``batch_url`` is the first batch's page."""
+        return self._deferral_message(
+            f"round {self.round_number}'s {len(self.batch_ids)} batches are",
+            f"First batch's page: {batch_url}",
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        wait = self._wait = RoundWait(
+            self.batch_ids,
+            self.end_time,
+            self.schedule(),
+            self.max_consecutive_failures,
+            round_number=self.round_number,
+        )
+        decision = await self._watch(
+            wait,
+            lambda hook: hook.apoll_batches(wait.unfinished(), created_after=self.created_after),
+            f"round {self.round_number}: {len(self.batch_ids)} batches",
+        )
+        yield TriggerEvent(build_round_event(decision, self.batch_ids, wait.last))
+
+    def _batches_to_cancel(self) -> Sequence[str]:
+        """The round's batches not seen ended (all of them if this trigger never looked)."""
+        return self.batch_ids if self._wait is None else self._wait.unfinished()
