@@ -34,7 +34,13 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_batch.sensors.batch"]}
         ],
         "triggers": [
-            {"integration-name": INTEGRATION, "python-modules": ["airflow_provider_batch.triggers.batch"]}
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "airflow_provider_batch.triggers.batch",
+                    "airflow_provider_batch.triggers.job",
+                ],
+            }
         ],
         "extra-links": ["airflow_provider_batch.links.batch.OpenAIBatchLink"],
         "connection-types": [

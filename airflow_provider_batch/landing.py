@@ -1,4 +1,5 @@
-"""Landing results: the input-ordered join of a batch's files, written to ``output_path``.
+"""Landing results: the input-ordered join of a batch's files (or of a job's rounds), written to
+``output_path``.
 
 :func:`require_writable` runs before anything is uploaded, so a destination that cannot work is
 found before a day-long batch instead of after it. :func:`land_results` runs once the batch has
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,9 +20,12 @@ from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_batch.exceptions import OpenAIBatchConfigError, OpenAIBatchLandingError
 from airflow_provider_batch.results import write_joined
+from airflow_provider_batch.round_files import fetch_round
+from airflow_provider_batch.rounds import close_round
 
 if TYPE_CHECKING:
     from airflow_provider_batch.hooks.batch import OpenAIBatchHook
+    from airflow_provider_batch.job import JobState
     from airflow_provider_batch.status import BatchSnapshot
 
 
@@ -97,3 +102,47 @@ def _land(hook: OpenAIBatchHook, batch: BatchSnapshot, output_path: Any) -> dict
             error_file=download("error", batch.error_file_id),
         )
     return {"results_uri": str(destination), "results_summary": summary.to_dict()}
+
+
+def land_job_results(hook: OpenAIBatchHook, state: JobState, output_path: Any) -> dict[str, Any]:
+    """Write a job's merged results to ``output_path``: one row per input line, in input order, each
+    its last attempt with the round that made it (:func:`~.rounds.close_round`).
+
+    The rounds are replayed from the API's files, one after the other, each merged into the previous
+    round's merged file; only the last merge is written to ``output_path``. Memory stays that of one
+    batch's result index; local disk holds one round's files at a time.
+    """
+    try:
+        with tempfile.TemporaryDirectory(prefix="openai-batch-job-") as workdir:
+            destination = as_path(output_path)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            previous: Path | None = None
+            for job_round in state.rounds:
+                last = job_round is state.rounds[-1]
+                intermediate = Path(workdir) / f"merged-{job_round.number:03d}.jsonl"
+                merged = destination if last else intermediate
+                round_dir = Path(workdir) / f"round-{job_round.number:03d}"
+                round_dir.mkdir()
+                input_file, batches = fetch_round(hook, job_round, round_dir)
+                plan = close_round(
+                    round_number=job_round.number,
+                    input_file=input_file,
+                    batches=batches,
+                    merged=merged,
+                    previous_merged=previous,
+                )
+                shutil.rmtree(round_dir)
+                if previous is not None:
+                    previous.unlink()
+                previous = intermediate
+    except Exception as exc:
+        batch_ids = ", ".join(job_batch.batch.batch_id for job_batch in state.batches())
+        raise OpenAIBatchLandingError(
+            f"The job's results could not be written to {str(output_path)!r} ({type(exc).__name__}: {exc})."
+            f" They are safe in the output and error files of its batches ({batch_ids}). Fix output_path and"
+            " clear or rerun the task: it re-attaches to these batches and only lands the results again,"
+            " without a new batch or a new bill.",
+            batch_id=state.rounds[0].batches[0].batch.batch_id,
+        ) from exc
+    assert plan.merged is not None  # close_round returns the merged summary whenever it writes one
+    return {"results_uri": str(destination), "results_summary": plan.merged.to_dict()}

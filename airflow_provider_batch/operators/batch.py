@@ -1,31 +1,36 @@
-"""``OpenAIBatchOperator``: validate and upload requests, submit one batch (retry-safe), wait for it
-without a worker, and hand a small manifest downstream.
+"""``OpenAIBatchOperator``: run an input of any size as OpenAI batches (retry-safe), wait for them
+without a worker, resubmit what did not finish, and hand a small manifest downstream.
 
-The operator only orchestrates; each concept has its module: who a submission is
-(:mod:`~airflow_provider_batch.identity`), what the end of a wait means for the task
-(:mod:`~airflow_provider_batch.completion`), and where results land
-(:mod:`~airflow_provider_batch.landing`). The order of :meth:`OpenAIBatchOperator.execute` is the
-design:
+The operator only orchestrates; each concept has its module: how an input is cut into batches
+(:mod:`~airflow_provider_batch.shards`), what a job and its rounds are (:mod:`~airflow_provider_batch.job`),
+which lines a round resubmits and how rounds merge (:mod:`~airflow_provider_batch.rounds`), who a
+submission is (:mod:`~airflow_provider_batch.identity`), what the end of a wait means for the task
+(:mod:`~airflow_provider_batch.completion`), and where results land (:mod:`~airflow_provider_batch.landing`).
+The order of :meth:`OpenAIBatchOperator.execute` is the design:
 
-0. **Check** what can be checked before paying: the endpoint, ``output_path``.
-1. **Identify** the submission: a key made of the task instance's identity (dag, task, run, map
-   index, never the try number) and a fingerprint of the input.
-2. **Re-attach** when an earlier try already created a batch for that key: first through the task
-   state store (Airflow 3.3+), then through the key in the batch metadata (every version). A
-   running or completed batch is waited on again instead of being paid for twice; only a batch
-   that ``failed`` (which OpenAI does not bill) is submitted anew.
-3. Otherwise **validate** the requests locally (nothing is uploaded when a line is wrong),
-   **upload** them streamed, and **create** the batch (the hook never replays a create blindly).
-4. Push ``batch_id`` and the link URL at once, so both exist even if the task then dies.
-5. **Look once**: a batch that is already terminal finishes inline (no defer, no race).
-6. **Wait**: defer to :class:`~airflow_provider_batch.triggers.batch.OpenAIBatchTrigger`, or poll
-   synchronously when not deferrable. Both end in the same event payload and the same
-   :func:`~airflow_provider_batch.completion.finish_batch`, which lands results, applies the
-   failed-line policy, and raises the typed error of the ending.
+0. **Check** what can be checked before paying: the endpoint, the caps, ``output_path``.
+1. **Validate and cut** the input in one streaming pass (nothing is uploaded when a line is wrong): an
+   input within one batch's limits stays one batch, exactly as a single-batch task always ran; a larger
+   one becomes shards. An ``input_file_id`` is never cut.
+2. **Identify** every batch: the task instance's identity (never the try number), a fingerprint of the
+   input, and for a shard the caps, the round and the shard (:func:`~.job.shard_key`).
+3. **Re-attach** to what an earlier try already created under those keys (the task state store, then
+   the keys in the batches' metadata, one listing for a whole round); create only what is missing.
+   A batch that ``failed`` (which OpenAI does not bill) is submitted anew.
+4. **Wait**: defer to one trigger per round (:class:`~.triggers.batch.OpenAIBatchTrigger` for one batch,
+   :class:`~.triggers.job.OpenAIBatchJobTrigger` for several), or poll on the worker. The job's state
+   travels with the deferral, so the resuming worker, a fresh process, knows every round.
+5. **Close the round**: unless every line succeeded, read the round's files back from the API, classify
+   each line, and when lines worth another attempt remain (an expired batch's unrun lines, 429 and 5xx
+   failures) and rounds and time are left, submit them, and only them, as the next round; back to 4.
+6. **Finish**: land the results (one row per input line, in input order, across rounds), push the
+   manifest, and raise the typed error of the ending. A job of one batch in one round finishes through
+   :func:`~airflow_provider_batch.completion.finish_batch`, with the manifest it always had.
 
 Cancellation policy: on our own timeout (``cancel_on_timeout``) and on a user kill
 (``cancel_on_kill``: ``on_kill`` on the worker, the trigger's ``on_kill`` while deferred); never on a
-polling error, because the batch's state is then unknown and a cancel cannot be undone.
+polling error, because the batches' state is then unknown and a cancel cannot be undone. A cancelled
+batch ends the job: no further round.
 """
 
 from __future__ import annotations
@@ -34,17 +39,24 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf only exists from 3.2
-from airflow.sdk import BaseOperator, ObjectStoragePath
+from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
 
 from airflow_provider_batch import requests as batch_requests
-from airflow_provider_batch.completion import XCOM_BATCH_ID, cancel_quietly, finish_batch, manifest
-from airflow_provider_batch.events import build_event, validate_event
-from airflow_provider_batch.exceptions import OpenAIBatchConfigError
+from airflow_provider_batch.completion import (
+    XCOM_BATCH_ID,
+    XCOM_RETURN_KEY,
+    cancel_quietly,
+    finish_batch,
+    manifest,
+)
+from airflow_provider_batch.events import build_event, snapshots_from_event, validate_event
+from airflow_provider_batch.exceptions import OpenAIBatchConfigError, OpenAIBatchPartialFailure, ending_error
 from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY, OpenAIBatchHook, snapshot_of
 from airflow_provider_batch.identity import (
     AIRFLOW_METADATA_KEYS,
@@ -56,59 +68,90 @@ from airflow_provider_batch.identity import (
     run_started,
     submission_key,
 )
-from airflow_provider_batch.landing import as_path, require_writable
+from airflow_provider_batch.job import (
+    JobBatch,
+    JobRound,
+    JobState,
+    RoundOutcome,
+    ending,
+    job_manifest,
+    partial_failure,
+    shard_key,
+    stop_reason,
+)
+from airflow_provider_batch.landing import as_path, land_job_results, require_writable
 from airflow_provider_batch.limits import MAX_METADATA_PAIRS, endpoint_problem
 from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink, reserve_batch_url
+from airflow_provider_batch.round_files import fetch_round
+from airflow_provider_batch.rounds import close_round
+from airflow_provider_batch.shards import ShardLimits, ShardPlan, split_batch_file
 from airflow_provider_batch.status import BatchSnapshot, BatchStatus, PollSchedule, decide
 from airflow_provider_batch.triggers.batch import OpenAIBatchTrigger
+from airflow_provider_batch.triggers.job import OpenAIBatchJobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 DEFER_METHOD_NAME = "execute_complete"
 USER_METADATA_PAIRS = MAX_METADATA_PAIRS - len(AIRFLOW_METADATA_KEYS) - 1  # and the idempotency key
-DEFAULT_TIMEOUT = timedelta(hours=25)
+ROUND_TIMEOUT = timedelta(hours=25)
 """The 24 h window plus finalizing time, so OpenAI's own ``expired`` (with partial output) normally
-arrives before our timeout does."""
+arrives before our timeout does; the default timeout is this much per allowed round."""
+DEFAULT_TIMEOUT = ROUND_TIMEOUT
+"""The default timeout of a single-round task (``max_rounds=1``)."""
+DEFAULT_MAX_ROUNDS = 3
+"""Rounds a job runs by default: the first, and two for lines that expired or failed transiently."""
+XCOM_BATCH_IDS = "batch_ids"
+WAIT_ENDINGS = ("timeout", "polling_error")
+"""A wait's endings that leave the round unfinished: the job ends with them."""
 
 
 class OpenAIBatchOperator(BaseOperator):
-    """Run one OpenAI batch and return a manifest of it.
+    """Run requests as OpenAI batches, as many as the input needs, and return a manifest of them.
 
     Give exactly one input:
 
-    :param input_file_id: a file already uploaded with purpose ``batch``.
+    :param input_file_id: a file already uploaded with purpose ``batch`` (run as one batch, never cut).
     :param input_path: a JSONL file, local or any ``ObjectStoragePath`` (``s3://``, ``gs://``...);
-        validated in one streaming pass, then uploaded streamed.
+        validated in one streaming pass, cut into shards if it exceeds one batch, uploaded streamed.
     :param requests: records ``{"custom_id": ..., "body": {...}}`` (for example an upstream XCom);
-        written to a JSONL file, validated, uploaded. The field is templated so that an XCom can
+        written to a JSONL file, then as ``input_path``. The field is templated so that an XCom can
         feed it: records written literally in the DAG file are rendered by Jinja, so a prompt
         containing ``{{`` must come from an upstream task or be wrapped in ``literal()``.
 
     :param endpoint: the batch endpoint, e.g. ``/v1/chat/completions`` or ``/v1/embeddings``.
     :param conn_id: an ``openai_batch`` (or ``openai``) connection.
     :param completion_window: only ``24h`` is accepted by OpenAI today.
-    :param metadata: up to 12 pairs of your own; the operator adds the task identity and the
-        submission key (16 pairs in all).
-    :param input_expires_after: seconds after which an input file uploaded by the operator expires.
+    :param metadata: up to 11 pairs of your own; the operator adds the task identity and the
+        idempotency key (16 pairs in all).
+    :param input_expires_after: seconds after which an input file uploaded by the operator expires
+        (keep it longer than the job when ``max_rounds`` > 1: closing a round reads the input back).
     :param output_expires_after: seconds after which the output and error files expire.
+    :param max_requests_per_batch: cut the input into batches of at most this many requests
+        (default and maximum: OpenAI's 50,000).
+    :param max_bytes_per_batch: and of at most this many bytes (default and maximum: 200 MiB).
+    :param max_rounds: rounds of batches a job may run. After a round, the lines without a success that
+        another attempt can fix (lines an expired batch never ran, 429 and 5xx failures) are submitted
+        again, and only those; a success or a 4xx failure is never paid for twice. ``1`` runs the input
+        once, as single-batch releases did. Default 3.
     :param deferrable: wait in the triggerer instead of a worker slot (default from
         ``[operators] default_deferrable``).
-    :param wait_for_completion: ``False`` returns right after submitting (wait with
-        ``OpenAIBatchSensor``).
+    :param wait_for_completion: ``False`` returns right after submitting the first round (wait for a
+        single batch with ``OpenAIBatchSensor``; no further round runs then).
     :param poll_interval: seconds before the second status call; intervals grow 1.5-fold to
         ``max_poll_interval``. Both modes use the same schedule.
-    :param timeout: how long to wait, counted from the batch's creation (so a re-attached retry
-        keeps the original deadline). Defaults to 25 hours.
-    :param cancel_on_timeout: cancel the batch when ``timeout`` passes.
-    :param cancel_on_kill: cancel the batch when the task is killed (marked failed/success or
-        cleared); while deferred this needs Airflow 3.3+.
-    :param max_failed_fraction: the share of failed lines a ``completed`` batch may have before the
-        task fails (0.0: any failed line fails the task; 1.0: never). A completed batch whose lines
-        all failed fails the task unless this is 1.0.
-    :param output_path: land the results joined back into input order (one JSONL row per request)
-        at this local path or ``ObjectStoragePath``; the manifest then carries ``results_uri``
-        and a summary. Without it, results stay in OpenAI's files (ids in the manifest).
+    :param timeout: how long the whole job may take, counted from its first batch's creation (so a
+        re-attached retry keeps the original deadline, and later rounds share it). Defaults to 25 hours
+        per round: ``max_rounds`` x 25 h.
+    :param cancel_on_timeout: cancel the unfinished batches when ``timeout`` passes.
+    :param cancel_on_kill: cancel the unfinished batches when the task is killed (marked failed/success
+        or cleared); while deferred this needs Airflow 3.3+.
+    :param max_failed_fraction: the share of the job's lines that may fail for good before the task
+        fails (0.0: any failed line fails the task; 1.0: never). A job whose lines all failed fails the
+        task unless this is 1.0.
+    :param output_path: land the results joined back into input order (one JSONL row per request,
+        across batches and rounds) at this local path or ``ObjectStoragePath``; the manifest then carries
+        ``results_uri`` and a summary. Without it, results stay in OpenAI's files (ids in the manifest).
     :param max_consecutive_failures: failed status calls tolerated in a row while waiting.
     """
 
@@ -137,11 +180,14 @@ class OpenAIBatchOperator(BaseOperator):
         metadata: dict[str, str] | None = None,
         input_expires_after: int | None = None,
         output_expires_after: int | None = None,
+        max_requests_per_batch: int | None = None,
+        max_bytes_per_batch: int | None = None,
+        max_rounds: int = DEFAULT_MAX_ROUNDS,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         wait_for_completion: bool = True,
         poll_interval: float = 30.0,
         max_poll_interval: float = 300.0,
-        timeout: timedelta | float = DEFAULT_TIMEOUT,
+        timeout: timedelta | float | None = None,
         cancel_on_timeout: bool = True,
         cancel_on_kill: bool = True,
         max_failed_fraction: float = 0.0,
@@ -171,6 +217,14 @@ class OpenAIBatchOperator(BaseOperator):
             )
         if not 0.0 <= max_failed_fraction <= 1.0:
             raise ValueError(f"{self.task_id}: max_failed_fraction must be between 0 and 1")
+        if isinstance(max_rounds, bool) or not isinstance(max_rounds, int) or max_rounds < 1:
+            raise ValueError(
+                f"{self.task_id}: max_rounds must be an integer of at least 1, got {max_rounds!r}"
+            )
+        try:
+            ShardLimits.from_batch_caps(max_requests_per_batch, max_bytes_per_batch)
+        except ValueError as exc:
+            raise ValueError(f"{self.task_id}: {exc}") from None
         if isinstance(endpoint, str) and "{{" not in endpoint and (problem := endpoint_problem(endpoint)):
             raise ValueError(f"{self.task_id}: {problem}")  # a literal typo fails the DAG's import
         self.endpoint = endpoint
@@ -182,10 +236,15 @@ class OpenAIBatchOperator(BaseOperator):
         self.metadata = metadata
         self.input_expires_after = input_expires_after
         self.output_expires_after = output_expires_after
+        self.max_requests_per_batch = max_requests_per_batch
+        self.max_bytes_per_batch = max_bytes_per_batch
+        self.max_rounds = max_rounds
         self.deferrable = deferrable
         self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
         self.max_poll_interval = max(max_poll_interval, poll_interval)
+        if timeout is None:
+            timeout = ROUND_TIMEOUT * max_rounds
         self.timeout = timeout.total_seconds() if isinstance(timeout, timedelta) else float(timeout)
         self.cancel_on_timeout = cancel_on_timeout
         self.cancel_on_kill = cancel_on_kill
@@ -193,12 +252,18 @@ class OpenAIBatchOperator(BaseOperator):
         self.output_path = output_path
         self.max_consecutive_failures = max_consecutive_failures
         self.batch_id: str | None = None
+        self.watched_batch_ids: list[str] = []
+        """The batches this worker waits on (the synchronous wait): what ``on_kill`` cancels."""
 
     @property
     def hook(self) -> OpenAIBatchHook:
         if not hasattr(self, "_hook"):
             self._hook = OpenAIBatchHook(conn_id=self.conn_id)
         return self._hook
+
+    @property
+    def limits(self) -> ShardLimits:
+        return ShardLimits.from_batch_caps(self.max_requests_per_batch, self.max_bytes_per_batch)
 
     # execute -----------------------------------------------------------------------------------
 
@@ -211,53 +276,191 @@ class OpenAIBatchOperator(BaseOperator):
         with tempfile.TemporaryDirectory(prefix="openai-batch-") as workdir:
             source = self._input_source(Path(workdir))
             key = submission_key(context, self.endpoint, input_fingerprint(source, self.input_file_id))
-            batch = self._reattach(context, key) or self._submit(context, source, key)
+            plan = None
+            if source is not None:
+                # Raises OpenAIBatchInvalidInput naming every bad line: nothing uploaded, nothing billed.
+                plan = split_batch_file(
+                    source, Path(workdir) / "round-001", endpoint=self.endpoint, limits=self.limits
+                )
+                self._log_plan(plan)
+            if plan is None or not plan.split:
+                state = self._start_single(context, key, source, plan)
+            else:
+                state = self._submit_round(context, JobState(key, split=True, end_time=0.0), 1, plan)
+        return self._advance(context, state)
+
+    def execute_complete(
+        self,
+        context: Context,
+        event: dict[str, Any] | None = None,
+        job: dict[str, Any] | None = None,
+        **_: Any,
+    ) -> dict[str, Any]:
+        """Resume after a trigger: a fresh operator instance, so everything comes from the event and the
+        job state deferred with it (a deferral of an earlier release carries only the event)."""
+        event = validate_event(event)
+        state = JobState.from_dict(job) if job else self._single_state(snapshots_from_event(event)[0])
+        state = state.observed(snapshots_from_event(event))
+        self.batch_id = event["batch_id"]
+        return self._advance(context, state, wait_event=event)
+
+    def on_kill(self) -> None:
+        """Cancel the batches this worker waits on when the task is killed (best effort)."""
+        if self.cancel_on_kill:
+            for batch_id in self.watched_batch_ids or ([self.batch_id] if self.batch_id else []):
+                cancel_quietly(self.hook, batch_id, self.log)
+
+    # the job's loop --------------------------------------------------------------------------------
+
+    def _advance(
+        self, context: Context, state: JobState, wait_event: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Wait for the current round, close it, submit the next one, until the job ends."""
+        while True:
+            if wait_event is None and not state.current.ended:
+                if not self.wait_for_completion:
+                    return self._submitted(state)
+                wait_event = self._wait(state)  # defers, or polls here
+                state = state.observed(snapshots_from_event(wait_event))
+            if wait_event is not None and wait_event["termination_reason"] in WAIT_ENDINGS:
+                return self._finish(context, state, wait_event)
+            wait_event = None
+            stop = stop_reason(state, max_rounds=self.max_rounds, now=time.time())
+            if stop is None:
+                with tempfile.TemporaryDirectory(prefix="openai-batch-round-") as workdir:
+                    state, next_input = self._close_round(state, Path(workdir))
+                    stop = stop_reason(state, max_rounds=self.max_rounds, now=time.time())
+                    if stop is None:
+                        plan = split_batch_file(
+                            next_input, Path(workdir) / "next", endpoint=self.endpoint, limits=self.limits
+                        )
+                        state = self._submit_round(context, state, state.current.number + 1, plan)
+                        continue
+            self.log.info("The job runs no further round: %s", stop.replace("_", " "))
+            return self._finish(context, state, None)
+
+    def _start_single(self, context: Context, key: str, source: Any, plan: ShardPlan | None) -> JobState:
+        """The first round of an input that fits one batch: the single-batch path, state store included."""
+        batch = self._reattach(context, key) or self._create(context, source, key, self.input_file_id)
         self.batch_id = batch.batch_id
         remember(context, batch.batch_id, key)
         ti = context["ti"]
         ti.xcom_push(key=XCOM_BATCH_ID, value=batch.batch_id)
         ti.xcom_push(key=BATCH_URL_XCOM_KEY, value=self.hook.batch_url(batch.batch_id))
+        state = self._single_state(batch, key)
+        if plan is not None:  # the request count is known from the validation pass
+            only = replace(state.current.batches[0], requests=plan.requests)
+            state = state.with_round(replace(state.current, batches=(only,)))
+        return state
 
+    def _single_state(self, batch: BatchSnapshot, key: str | None = None) -> JobState:
+        key = key or (batch.metadata or {}).get(IDEMPOTENCY_KEY, "")
         end_time = (batch.created_at or time.time()) + self.timeout
-        decision = decide(batch, now=time.time(), end_time=end_time, failures=0, max_failures=1)
-        if decision.done:
-            self.log.info("Batch %s is already %s; finishing without waiting", batch.batch_id, batch.status)
-            return self._finish(context, build_event(batch.batch_id, decision, batch))
-        if not self.wait_for_completion:
-            self.log.info("Batch %s submitted; not waiting (wait_for_completion=False)", batch.batch_id)
-            return manifest(batch)
+        return JobState(key, False, end_time, (JobRound(1, (JobBatch(1, None, key, batch),)),))
+
+    def _wait(self, state: JobState) -> dict[str, Any]:
+        """Wait for the current round's unfinished batches: defer (this raises), or poll on the worker.
+        Either way the wait ends in the same event payload."""
+        unfinished = [b.batch for b in state.current.batches if not b.batch.is_terminal]
+        ids = [batch.batch_id for batch in unfinished]
+        schedule = PollSchedule(initial=self.poll_interval, maximum=self.max_poll_interval)
+        created_after = min((batch.created_at or 0) for batch in unfinished) or None
         if self.deferrable:
-            trigger = OpenAIBatchTrigger(
-                conn_id=self.conn_id,
-                batch_id=batch.batch_id,
-                end_time=end_time,
-                poll_interval=self.poll_interval,
-                max_poll_interval=self.max_poll_interval,
-                max_consecutive_failures=self.max_consecutive_failures,
-                cancel_on_kill=self.cancel_on_kill,
+            trigger: OpenAIBatchTrigger | OpenAIBatchJobTrigger
+            common: dict[str, Any] = {
+                "conn_id": self.conn_id,
+                "end_time": state.end_time,
+                "poll_interval": self.poll_interval,
+                "max_poll_interval": self.max_poll_interval,
+                "max_consecutive_failures": self.max_consecutive_failures,
+                "cancel_on_kill": self.cancel_on_kill,
+            }
+            if len(ids) == 1:
+                trigger = OpenAIBatchTrigger(batch_id=ids[0], **common)
+            else:
+                trigger = OpenAIBatchJobTrigger(
+                    batch_ids=ids, round_number=state.current.number, created_after=created_after, **common
+                )
+            self.log.info(trigger.deferral_message(self.hook.batch_url(ids[0])))
+            self.defer(
+                trigger=trigger,
+                method_name=DEFER_METHOD_NAME,
+                kwargs={"job": state.to_dict()},
+                timeout=trigger.defer_timeout(),
             )
-            self.log.info(trigger.deferral_message(self.hook.batch_url(batch.batch_id)))
-            self.defer(trigger=trigger, method_name=DEFER_METHOD_NAME, timeout=trigger.defer_timeout())
-        event = self.hook.wait_for_batch(
-            batch.batch_id,
-            end_time=end_time,
-            schedule=PollSchedule(initial=self.poll_interval, maximum=self.max_poll_interval),
+        self.watched_batch_ids = ids
+        if len(ids) == 1:
+            return self.hook.wait_for_batch(
+                ids[0],
+                end_time=state.end_time,
+                schedule=schedule,
+                max_consecutive_failures=self.max_consecutive_failures,
+            )
+        return self.hook.wait_for_batches(
+            ids,
+            end_time=state.end_time,
+            schedule=schedule,
             max_consecutive_failures=self.max_consecutive_failures,
+            round_number=state.current.number,
+            created_after=created_after,
         )
-        return self._finish(context, event)
 
-    def execute_complete(
-        self, context: Context, event: dict[str, Any] | None = None, **_: Any
-    ) -> dict[str, Any]:
-        """Resume after the trigger: a fresh operator instance, so everything comes from the event."""
-        event = validate_event(event)
-        self.batch_id = event["batch_id"]
-        return self._finish(context, event)
+    def _close_round(self, state: JobState, workdir: Path) -> tuple[JobState, Path]:
+        """Classify the ended round's lines from its files, and write the lines to resubmit."""
+        current = state.current
+        self.log.info("Round %d has ended; reading its results to find the lines to resubmit", current.number)
+        next_input = workdir / "resubmit.jsonl"
+        with self.hook.explaining(f"Reading the files of round {current.number}"):
+            input_file, batches = fetch_round(self.hook, current, workdir)
+        plan = close_round(
+            round_number=current.number, input_file=input_file, batches=batches, next_input=next_input
+        )
+        outcome = RoundOutcome.from_plan(plan)
+        self.log.info(
+            "Round %d: %s succeeded, %s worth another attempt %s, %s failed for good %s",
+            current.number,
+            f"{outcome.succeeded:,}",
+            f"{outcome.retry:,}",
+            dict(outcome.retry_reasons),
+            f"{outcome.final:,}",
+            dict(outcome.final_reasons),
+        )
+        return state.with_round(replace(current, outcome=outcome)), next_input
 
-    def on_kill(self) -> None:
-        """Cancel the batch when the task is killed while polling on a worker (best effort)."""
-        if self.batch_id and self.cancel_on_kill:
-            cancel_quietly(self.hook, self.batch_id, self.log)
+    def _submit_round(self, context: Context, state: JobState, number: int, plan: ShardPlan) -> JobState:
+        """Create the round's batches, one per shard, each once: those an earlier try created under the
+        same keys (found in one listing) are re-attached, a failed one (not billed) is created anew."""
+        keys = [
+            shard_key(state.submission_key, self.limits, number, s.index, split=state.split)
+            for s in plan.shards
+        ]
+        with self.hook.explaining(f"Looking for the batches of round {number} that an earlier try submitted"):
+            found = self.hook.find_batches_by_metadata(
+                IDEMPOTENCY_KEY, keys, created_after=run_started(context)
+            )
+        self.log.info("Round %d: %s requests in %d batch(es)", number, f"{plan.requests:,}", len(plan.shards))
+        batches = []
+        for shard, key in zip(plan.shards, keys, strict=True):
+            existing = found.get(key)
+            if existing is not None and existing.known_status != BatchStatus.FAILED:
+                self.log.info(
+                    "Round %d, shard %d: re-attaching to batch %s (%s) created by an earlier try",
+                    number, shard.index, existing.batch_id, existing.status,
+                )  # fmt: skip
+                batch = existing
+            else:
+                batch = self._create(context, shard.path, key, None)
+                self.log.info("Round %d, shard %d: batch %s created", number, shard.index, batch.batch_id)
+            batches.append(JobBatch(shard.index, shard.requests, key, batch))
+        job_round = JobRound(number, tuple(batches))
+        if number == 1:
+            first_created = min((b.batch.created_at or time.time()) for b in batches)
+            state = replace(state, end_time=first_created + self.timeout)
+        state = state.with_round(job_round)
+        ti = context["ti"]
+        ti.xcom_push(key=XCOM_BATCH_IDS, value=[b.batch.batch_id for b in state.batches()])
+        ti.xcom_push(key=BATCH_URL_XCOM_KEY, value=self.hook.batch_url(batches[0].batch.batch_id))
+        return state
 
     # steps ---------------------------------------------------------------------------------------
 
@@ -270,6 +473,19 @@ class OpenAIBatchOperator(BaseOperator):
         if self.input_path is not None:
             return as_path(self.input_path)
         return None
+
+    def _log_plan(self, plan: ShardPlan) -> None:
+        if plan.split:
+            self.log.info(
+                "Validated %s requests (%s bytes); cut into %d batches of at most %s requests and %s bytes",
+                f"{plan.requests:,}",
+                f"{plan.bytes:,}",
+                len(plan.shards),
+                f"{self.limits.max_requests:,}",
+                f"{self.limits.max_bytes:,}",
+            )
+        else:
+            self.log.info("Validated %d requests (%d bytes); they fit one batch", plan.requests, plan.bytes)
 
     def _reattach(self, context: Context, key: str) -> BatchSnapshot | None:
         """The batch an earlier try of this task created for the same input, if it is worth keeping."""
@@ -299,12 +515,10 @@ class OpenAIBatchOperator(BaseOperator):
         )
         return snapshot
 
-    def _submit(self, context: Context, source: Any, key: str) -> BatchSnapshot:
-        input_file_id = self.input_file_id
+    def _create(self, context: Context, source: Any, key: str, input_file_id: str | None) -> BatchSnapshot:
+        """Upload ``source`` (a validated JSONL file) unless ``input_file_id`` is given, and create
+        its batch under ``key`` (the hook never replays a create blindly)."""
         if source is not None:
-            # Raises OpenAIBatchInvalidInput naming every bad line: nothing uploaded, nothing billed.
-            report = batch_requests.require_valid_batch_file(source, endpoint=self.endpoint)
-            self.log.info("Validated %d requests (%d bytes); uploading", report.requests, report.bytes)
             with self.hook.explaining(f"Uploading {_jsonl_name(source)}"):
                 uploaded = self.hook.upload_file(
                     source, filename=_jsonl_name(source), expires_after_seconds=self.input_expires_after
@@ -321,18 +535,75 @@ class OpenAIBatchOperator(BaseOperator):
             )
         return snapshot_of(batch)
 
-    def _finish(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        reason = event["termination_reason"]
-        if reason == "timeout" and self.cancel_on_timeout:
-            cancel_quietly(self.hook, event["batch_id"], self.log)
-        return finish_batch(
-            context,
-            event,
-            hook=self.hook,
-            max_failed_fraction=self.max_failed_fraction,
-            output_path=self.output_path,
-            outlets=self.outlets,
-        )
+    def _submitted(self, state: JobState) -> dict[str, Any]:
+        """The manifest of a task that does not wait (``wait_for_completion=False``)."""
+        self.log.info("Submitted; not waiting (wait_for_completion=False)")
+        if state.single_batch:
+            return manifest(state.current.batches[0].batch)
+        return job_manifest(state, max_rounds=self.max_rounds)
+
+    # finishing ------------------------------------------------------------------------------------
+
+    def _finish(self, context: Context, state: JobState, wait_event: dict[str, Any] | None) -> dict[str, Any]:
+        wait_reason = wait_event["termination_reason"] if wait_event else None
+        if wait_reason == "timeout" and self.cancel_on_timeout:
+            for job_batch in state.current.batches:
+                if not job_batch.batch.is_terminal:
+                    cancel_quietly(self.hook, job_batch.batch.batch_id, self.log)
+        if state.single_batch:
+            batch = state.current.batches[0].batch
+            self.batch_id = batch.batch_id
+            event = wait_event if wait_event is not None else self._terminal_event(batch, state.end_time)
+            return finish_batch(
+                context,
+                event,
+                hook=self.hook,
+                max_failed_fraction=self.max_failed_fraction,
+                output_path=self.output_path,
+                outlets=self.outlets,
+            )
+        return self._finish_job(context, state, wait_event)
+
+    @staticmethod
+    def _terminal_event(batch: BatchSnapshot, end_time: float) -> dict[str, Any]:
+        decision = decide(batch, now=time.time(), end_time=end_time, failures=0, max_failures=1)
+        return build_event(batch.batch_id, decision, batch)
+
+    def _finish_job(
+        self, context: Context, state: JobState, wait_event: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Land the merged results, push the job's manifest, raise the error of its ending."""
+        wait_reason = wait_event["termination_reason"] if wait_event else None
+        landed = None
+        if self.output_path is not None and state.current.ended:
+            landed = land_job_results(self.hook, state, self.output_path)
+        result = job_manifest(state, max_rounds=self.max_rounds, wait_reason=wait_reason, landed=landed)
+        ti = context["ti"]
+        ti.xcom_push(key=XCOM_BATCH_IDS, value=result["batch_ids"])
+        ended = ending(state, wait_reason=wait_reason)
+        too_many_failed = ended is None and partial_failure(state, self.max_failed_fraction)
+        if ended is not None or too_many_failed:
+            # As for one batch: the manifest reaches downstream tasks that run anyway (all_done).
+            ti.xcom_push(key=XCOM_RETURN_KEY, value=result)
+        if ended is not None:
+            detail = (wait_event.get("message") or "") if wait_event else ""
+            raise ending_error(ended.reason, ended.batch, detail=detail, where=self.hook.server)
+        if too_many_failed:
+            totals = result["request_counts"]
+            summary = landed["results_summary"] if landed else None
+            raise OpenAIBatchPartialFailure(
+                f"The job ran {totals['total']:,} lines in {len(state.rounds)} round(s) of batches, but"
+                f" {totals['failed']:,} failed for good"
+                f" (more than max_failed_fraction={self.max_failed_fraction}).",
+                batch_id=state.rounds[0].batches[0].batch.batch_id,
+                errors_by_code=summary["errors_by_code"] if summary else state.failed_by_reason(),
+                failed_ids=summary["failed_ids"]["ids"] if summary else (),
+                results_uri=landed["results_uri"] if landed else None,
+            )
+        for outlet in self.outlets:
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra.update({"batch_ids": result["batch_ids"]})
+        return result
 
 
 def _jsonl_name(source: Any) -> str:
