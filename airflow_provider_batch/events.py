@@ -122,4 +122,6 @@ def validate_event(event: Any) -> dict[str, Any]:
         and all(isinstance(b, dict) and b.get("batch_id") for b in batches)
     ):
         raise OpenAIBatchTriggerEventError("The trigger event's batches are not a list of batch objects.")
+    if not isinstance(event.get("job"), dict | None):
+        raise OpenAIBatchTriggerEventError("The trigger event's job is not an object.")
     return event

@@ -293,10 +293,10 @@ def stop_reason(state: JobState, *, max_rounds: int, now: float) -> str | None:
     current = state.current
     if not current.ended:
         raise ValueError(f"Round {current.number} has not ended: its lines have no verdicts yet.")
-    if current.with_status(BatchStatus.CANCELLED):
-        return "cancelled"
     if current.with_status(BatchStatus.FAILED):
         return "failed"
+    if current.with_status(BatchStatus.CANCELLED):
+        return "cancelled"
     if current.all_succeeded:
         return "nothing_to_resubmit"
     if current.number >= max_rounds:
@@ -356,7 +356,10 @@ def sum_usage(usages: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | No
 
 
 def job_status(state: JobState, wait_reason: str | None = None) -> str:
-    """One word for the job: ``completed`` when it ended without an :func:`ending`, else its reason."""
+    """One word for the job: ``in_progress`` while its round runs (a task that does not wait),
+    ``completed`` when it ended without an :func:`ending`, else that ending's reason."""
+    if wait_reason is None and not state.current.ended:
+        return "in_progress"
     ended = ending(state, wait_reason=wait_reason)
     return "completed" if ended is None else ended.reason
 

@@ -290,15 +290,12 @@ class OpenAIBatchOperator(BaseOperator):
         return self._advance(context, state)
 
     def execute_complete(
-        self,
-        context: Context,
-        event: dict[str, Any] | None = None,
-        job: dict[str, Any] | None = None,
-        **_: Any,
+        self, context: Context, event: dict[str, Any] | None = None, **_: Any
     ) -> dict[str, Any]:
-        """Resume after a trigger: a fresh operator instance, so everything comes from the event and the
-        job state deferred with it (a deferral of an earlier release carries only the event)."""
+        """Resume after a trigger: a fresh operator instance, so everything comes from the event, which
+        carries the job's state (the event of a deferral by an earlier release carries one batch)."""
         event = validate_event(event)
+        job = event.get("job")
         state = JobState.from_dict(job) if job else self._single_state(snapshots_from_event(event)[0])
         state = state.observed(snapshots_from_event(event))
         self.batch_id = event["batch_id"]
@@ -326,7 +323,9 @@ class OpenAIBatchOperator(BaseOperator):
                 return self._finish(context, state, wait_event)
             wait_event = None
             stop = stop_reason(state, max_rounds=self.max_rounds, now=time.time())
-            if stop is None:
+            # A job's totals need every round's outcome, the last one's too; a single batch that runs
+            # no further round is reported from its own counts, as it always was.
+            if state.current.known_outcome is None and (stop is None or not state.single_batch):
                 with tempfile.TemporaryDirectory(prefix="openai-batch-round-") as workdir:
                     state, next_input = self._close_round(state, Path(workdir))
                     stop = stop_reason(state, max_rounds=self.max_rounds, now=time.time())
@@ -374,6 +373,7 @@ class OpenAIBatchOperator(BaseOperator):
                 "max_poll_interval": self.max_poll_interval,
                 "max_consecutive_failures": self.max_consecutive_failures,
                 "cancel_on_kill": self.cancel_on_kill,
+                "job": state.to_dict(),
             }
             if len(ids) == 1:
                 trigger = OpenAIBatchTrigger(batch_id=ids[0], **common)
@@ -382,12 +382,7 @@ class OpenAIBatchOperator(BaseOperator):
                     batch_ids=ids, round_number=state.current.number, created_after=created_after, **common
                 )
             self.log.info(trigger.deferral_message(self.hook.batch_url(ids[0])))
-            self.defer(
-                trigger=trigger,
-                method_name=DEFER_METHOD_NAME,
-                kwargs={"job": state.to_dict()},
-                timeout=trigger.defer_timeout(),
-            )
+            self.defer(trigger=trigger, method_name=DEFER_METHOD_NAME, timeout=trigger.defer_timeout())
         self.watched_batch_ids = ids
         if len(ids) == 1:
             return self.hook.wait_for_batch(

@@ -66,6 +66,7 @@ class BatchPollingTrigger(BaseTrigger):
         max_poll_interval: float,
         max_consecutive_failures: int,
         cancel_on_kill: bool,
+        job: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(end_time, (int, float)) or isinstance(end_time, bool):
@@ -80,6 +81,9 @@ class BatchPollingTrigger(BaseTrigger):
         self.max_poll_interval = float(max_poll_interval)
         self.max_consecutive_failures = int(max_consecutive_failures)
         self.cancel_on_kill = bool(cancel_on_kill)
+        if job is not None and not isinstance(job, dict):
+            raise TypeError("job must be a JSON object (the job's state) or None")
+        self.job = job
 
     def _serialized(self, **watched: Any) -> tuple[str, dict[str, Any]]:
         """``serialize()``'s answer: the classpath, and exactly the constructor's arguments."""
@@ -93,8 +97,14 @@ class BatchPollingTrigger(BaseTrigger):
                 "max_poll_interval": self.max_poll_interval,
                 "max_consecutive_failures": self.max_consecutive_failures,
                 "cancel_on_kill": self.cancel_on_kill,
+                **({"job": self.job} if self.job is not None else {}),
             },
         )
+
+    def _event(self, payload: dict[str, Any]) -> TriggerEvent:
+        """The trigger's one event; a job's state rides along unchanged, so the resuming worker finds
+        it in the event itself (``dag.test()`` resumes with the event alone, without defer kwargs)."""
+        return TriggerEvent(payload if self.job is None else {**payload, "job": self.job})
 
     def schedule(self) -> PollSchedule:
         return PollSchedule(initial=self.poll_interval, maximum=self.max_poll_interval)
@@ -208,6 +218,8 @@ class OpenAIBatchTrigger(BatchPollingTrigger):
         (the batch is *not* cancelled then: its state is unknown).
     :param cancel_on_kill: cancel the batch when a user marks the deferred task failed or success,
         or clears it (Airflow 3.3+ calls ``on_kill``; earlier versions never do).
+    :param job: the state of the job this batch belongs to (plain JSON, no secret), handed back
+        unchanged in the event.
     """
 
     def __init__(
@@ -220,6 +232,7 @@ class OpenAIBatchTrigger(BatchPollingTrigger):
         max_poll_interval: float = 300.0,
         max_consecutive_failures: int = 5,
         cancel_on_kill: bool = True,
+        job: dict[str, Any] | None = None,
     ) -> None:
         if not isinstance(batch_id, str) or not batch_id:
             raise ValueError("batch_id must be a non-empty string")
@@ -230,6 +243,7 @@ class OpenAIBatchTrigger(BatchPollingTrigger):
             max_poll_interval=max_poll_interval,
             max_consecutive_failures=max_consecutive_failures,
             cancel_on_kill=cancel_on_kill,
+            job=job,
         )
         self.batch_id = batch_id
 
@@ -245,7 +259,7 @@ class OpenAIBatchTrigger(BatchPollingTrigger):
         decision = await self._watch(
             wait, lambda hook: hook.apoll_batch(self.batch_id), f"batch {self.batch_id}"
         )
-        yield TriggerEvent(build_event(self.batch_id, decision, wait.last))
+        yield self._event(build_event(self.batch_id, decision, wait.last))
 
     def _batches_to_cancel(self) -> Sequence[str]:
         return [self.batch_id]

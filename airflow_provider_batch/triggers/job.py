@@ -46,6 +46,7 @@ class OpenAIBatchJobTrigger(BatchPollingTrigger):
     :param round_number: the job's round (1 for the first submission), for the log.
     :param created_after: the oldest creation time of the batches (unix seconds, the server's
         ``created_at``), when known: the listing is read no further back than that.
+    :param job: the job's state (plain JSON, no secret), handed back unchanged in the event.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class OpenAIBatchJobTrigger(BatchPollingTrigger):
         cancel_on_kill: bool = True,
         round_number: int = 1,
         created_after: float | None = None,
+        job: dict[str, Any] | None = None,
     ) -> None:
         if (
             not isinstance(batch_ids, (list, tuple))
@@ -82,6 +84,7 @@ class OpenAIBatchJobTrigger(BatchPollingTrigger):
             max_poll_interval=max_poll_interval,
             max_consecutive_failures=max_consecutive_failures,
             cancel_on_kill=cancel_on_kill,
+            job=job,
         )
         self.batch_ids = list(batch_ids)
         self.round_number = round_number
@@ -113,7 +116,7 @@ class OpenAIBatchJobTrigger(BatchPollingTrigger):
             lambda hook: hook.apoll_batches(wait.unfinished(), created_after=self.created_after),
             f"round {self.round_number}: {len(self.batch_ids)} batches",
         )
-        yield TriggerEvent(build_round_event(decision, self.batch_ids, wait.last))
+        yield self._event(build_round_event(decision, self.batch_ids, wait.last))
 
     def _batches_to_cancel(self) -> Sequence[str]:
         """The round's batches not seen ended (all of them if this trigger never looked)."""

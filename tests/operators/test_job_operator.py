@@ -97,6 +97,12 @@ def test_caps_cut_smaller_batches_and_a_small_input_stays_one_batch_with_todays_
     job = operator(input_path=source, max_requests_per_batch=4).execute(make_context())
     assert [b["requests"] for b in job["rounds"][0]["batches"]] == [4, 4, 2]
 
+    submitted = operator(input_path=source, max_requests_per_batch=4, wait_for_completion=False).execute(
+        make_context()
+    )
+    assert submitted["status"] == "in_progress"
+    assert submitted["request_counts"]["pending"] == 10
+
     single = operator(input_path=source).execute(make_context())
     assert single["status"] == "completed"
     assert "batch_id" in single
@@ -138,6 +144,7 @@ def test_server_errors_are_retried_up_to_max_rounds_and_client_errors_never(
     with pytest.raises(OpenAIBatchPartialFailure, match="failed for good") as raised:
         operator(input_path=source, output_path=tmp_path / "out.jsonl", max_rounds=3).execute(make_context())
 
+    assert "2 failed for good" in str(raised.value), "the last round is read too"
     counts = processed(server)
     assert counts["r-1"] == 3, "a 500 is retried in every round"
     assert counts["r-2"] == 1, "a 400 is never paid for twice"
@@ -157,6 +164,17 @@ def test_max_rounds_one_is_the_single_batch_behaviour(server: EmulatorProcess, t
     assert route_count(server, CREATE) == 1
 
 
+def test_a_job_stopped_by_its_round_budget_still_counts_its_last_round(
+    server: EmulatorProcess, tmp_path: Path
+) -> None:
+    source = write_input(tmp_path / "in.jsonl", 10, failing={3: {"status_code": 400}})
+    context = make_context()
+    with pytest.raises(OpenAIBatchPartialFailure, match="1 failed for good"):
+        operator(input_path=source, max_rounds=1, max_requests_per_batch=4).execute(context)
+    counts = context["ti"].xcoms["return_value"]["request_counts"]
+    assert counts == {"total": 10, "succeeded": 9, "failed": 1, "pending": 0}
+
+
 def test_a_cancelled_batch_ends_the_job_without_a_new_round(server: EmulatorProcess, tmp_path: Path) -> None:
     source = write_input(tmp_path / "in.jsonl", 6)
     op = operator(
@@ -170,9 +188,7 @@ def test_a_cancelled_batch_ends_the_job_without_a_new_round(server: EmulatorProc
     payload = asyncio.run(_run_trigger(deferred.value))
 
     with pytest.raises(OpenAIBatchCancelled):
-        operator(input_path=source, max_requests_per_batch=3).execute_complete(
-            context, event=payload, **deferred.value.kwargs
-        )
+        operator(input_path=source, max_requests_per_batch=3).execute_complete(context, event=payload)
     assert route_count(server, CREATE) == 2
     assert context["ti"].xcoms["return_value"]["status"] == "cancelled"
 
@@ -218,16 +234,15 @@ def test_a_deferred_job_waits_on_one_trigger_per_round_and_resumes_from_the_defe
     assert isinstance(first.value.trigger, OpenAIBatchJobTrigger)
     assert len(first.value.trigger.batch_ids) == 3
     stored = json.dumps([first.value.trigger.serialize(), first.value.kwargs])
+    assert first.value.trigger.job is not None, "the job's state rides with the trigger and its event"
     assert API_KEY not in stored
 
     # Round 1 ends with one 429 line: the resumed worker (a fresh instance) submits round 2 and defers.
     with pytest.raises(TaskDeferred) as second:
-        operator(**kwargs).execute_complete(
-            context, event=asyncio.run(_run_trigger(first.value)), **first.value.kwargs
-        )
-    assert second.value.kwargs["job"]["rounds"][-1]["round"] == 2
+        operator(**kwargs).execute_complete(context, event=asyncio.run(_run_trigger(first.value)))
+    assert second.value.trigger.job["rounds"][-1]["round"] == 2
     payload = asyncio.run(_single_trigger_payload(second.value))
-    result = operator(**kwargs).execute_complete(context, event=payload, **second.value.kwargs)
+    result = operator(**kwargs).execute_complete(context, event=payload)
 
     assert result["request_counts"]["succeeded"] == 30
     assert [len(r["batches"]) for r in result["rounds"]] == [3, 1]
