@@ -325,7 +325,7 @@ class OpenAIBatchOperator(BaseOperator):
             stop = stop_reason(state, max_rounds=self.max_rounds, now=time.time())
             # A job's totals need every round's outcome, the last one's too; a single batch that runs
             # no further round is reported from its own counts, as it always was.
-            if state.current.known_outcome is None and (stop is None or not state.single_batch):
+            if stop is None or (state.current.known_outcome is None and not state.single_batch):
                 with tempfile.TemporaryDirectory(prefix="openai-batch-round-") as workdir:
                     state, next_input = self._close_round(state, Path(workdir))
                     stop = stop_reason(state, max_rounds=self.max_rounds, now=time.time())
@@ -335,7 +335,7 @@ class OpenAIBatchOperator(BaseOperator):
                         )
                         state = self._submit_round(context, state, state.current.number + 1, plan)
                         continue
-            self.log.info("The job runs no further round: %s", stop.replace("_", " "))
+            self.log.info("The job runs no further round: %s", str(stop).replace("_", " "))
             return self._finish(context, state, None)
 
     def _start_single(self, context: Context, key: str, source: Any, plan: ShardPlan | None) -> JobState:
