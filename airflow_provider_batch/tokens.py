@@ -49,7 +49,7 @@ line. The module does no I/O and keeps no state but the loaded encoders and thei
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any, Final
@@ -582,11 +582,3 @@ class TokenTally:
         if sample is None:
             sample = self._samples[model] = _Sample()
         return sample
-
-
-def tally(endpoint: str, bodies: Iterable[Mapping[str, Any]]) -> TokenTally:
-    """Count many request bodies at once (plain values): a convenience for tests and notebooks."""
-    result = TokenTally(endpoint)
-    for body in bodies:
-        result.add(body)
-    return result
