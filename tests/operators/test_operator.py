@@ -105,7 +105,7 @@ async def run_trigger(deferred: TaskDeferred) -> dict[str, Any]:
 
 def test_execute_defers_to_the_trigger_with_a_safe_and_longer_timeout(server: EmulatorProcess) -> None:
     context = make_context()
-    op = operator(timeout=3600, metadata={"emulator_line_delay": "0.2", "team": "nlp"})
+    op = operator(timeout=3600, metadata={"emulator_line_delay": "1", "team": "nlp"})
 
     deferred = defer(op, context)
 
@@ -233,11 +233,16 @@ def test_an_earlier_failed_batch_is_submitted_anew(server: EmulatorProcess) -> N
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_a_batch_with_failed_lines_fails_the_task_unless_allowed(server: EmulatorProcess) -> None:
     requests = [*RECORDS, chat_record("u-bad", emulator={"status_code": 500, "message": "boom"})]
+    one_round = {
+        "deferrable": False,
+        "requests": requests,
+        "max_rounds": 1,
+    }  # later rounds: test_job_operator
     with pytest.raises(OpenAIBatchPartialFailure) as raised:
-        operator(deferrable=False, requests=requests).execute(make_context())
+        operator(**one_round).execute(make_context())
     assert raised.value.batch_id
 
-    manifest = operator(deferrable=False, requests=requests, max_failed_fraction=0.25).execute(make_context())
+    manifest = operator(**one_round, max_failed_fraction=0.25).execute(make_context())
     assert manifest["status"] == "completed"
     assert manifest["request_counts"] == {"total": 4, "completed": 3, "failed": 1}
     assert manifest["output_file_id"]
