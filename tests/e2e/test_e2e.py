@@ -20,19 +20,24 @@ from pathlib import Path
 import openai
 import pytest
 
+from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY
 from tests.batch_testing import MANIFEST_KEYS
 from tests.e2e.dags.e2e_common import (
     BATCH_TASK,
+    CREATES_BEFORE_KILL,
     DEADLINE_HOLDS,
     DEADLINE_SECONDS,
     FAN_OUT_DAG,
     FAN_OUT_WIDTH,
+    JOB_SHARDS,
     KILLED_AFTER_CREATE,
     KILLED_BEFORE_DEFER,
+    KILLED_MID_SUBMISSION,
     MARK_FAILED_DAG,
     PARALLELISM,
     PROBE_TASK,
     RESTART_ASSET_URI,
+    SHARD_REQUESTS,
     SUCCESS_ASSET_URI,
     SUCCESS_DAG,
     SURVIVES_RESTART,
@@ -205,6 +210,66 @@ def test_worker_killed_between_create_and_defer(
     assert (bool(listed), retrieved) == ((True, False) if lookup == "metadata" else (False, True))
     directory = e2e.task_log_dir(WORKER_KILLED_DAG, run_id, task_id)
     assert list(directory.glob("attempt=2.log.trigger.*")), "the retry waited in the triggerer"
+
+
+def test_worker_killed_mid_submission_of_a_job(e2e: E2E, concurrent_runs: dict[str, str]) -> None:
+    """5b. SIGKILL of the task's process in the middle of submitting a job's shards: with
+    CREATES_BEFORE_KILL of its JOB_SHARDS batches created, none of them known to Airflow yet. The
+    retry re-attaches to those (found by their idempotency keys in one listing), creates only the
+    missing ones, and the emulator holds exactly one batch per shard and ran every line once.
+
+    The kill is the one of ``killed_after_create``, after the third create call instead of the
+    first. This must run before the fan-out test, which resets the emulator's line counts.
+    """
+    dag, task_id = WORKER_KILLED_DAG, KILLED_MID_SUBMISSION
+    run_id = concurrent_runs[dag]
+    ti = e2e.wait_ti_state(dag, run_id, task_id, FINISHED_TI_STATES, timeout=300)
+
+    [kill] = e2e.watcher.kills_of(run_id, task_id)
+    assert kill["killed"], kill
+    died_with = kill["created"]  # shards 1..CREATES_BEFORE_KILL, in order
+    assert len(died_with) == CREATES_BEFORE_KILL, kill
+    assert ti["state"] == "success", ti
+    assert ti["try_number"] == 2, ti
+
+    # Exactly one batch per shard: no idempotency key twice, one key per shard.
+    batches = e2e.batches_of(dag, run_id, task_id)
+    by_key: dict[str, list[str]] = {}
+    for batch in batches:
+        by_key.setdefault(batch.metadata[IDEMPOTENCY_KEY], []).append(batch.id)
+    twice = {key: ids for key, ids in by_key.items() if len(ids) > 1}
+    assert not twice, f"shards submitted more than once: {twice}"
+    assert len(by_key) == JOB_SHARDS, by_key
+    assert {batch.status for batch in batches} == {"completed"}
+    ids = {batch.id for batch in batches}
+    assert set(died_with) <= ids, "the retry kept the batches of the killed try"
+
+    manifest = e2e.xcom(dag, run_id, task_id)
+    assert set(manifest["batch_ids"]) == ids
+    assert manifest["shards"] == JOB_SHARDS
+    total = JOB_SHARDS * SHARD_REQUESTS
+    assert manifest["request_counts"] == {"total": total, "succeeded": total, "failed": 0, "pending": 0}
+
+    # Every line ran exactly once on the emulator (a shard submitted twice runs its lines twice).
+    custom_ids = e2e.emulator.lines()["custom_ids"]
+    ran = {custom_id: n for custom_id, n in custom_ids.items() if custom_id.startswith(f"{task_id}-")}
+    assert ran == {f"{task_id}-{i}": 1 for i in range(total)}
+
+    # Try 1 created the first shards and died; try 2 re-attached to them and created the rest.
+    first_log = e2e.task_log(dag, run_id, task_id, attempt=1)
+    second_log = e2e.task_log(dag, run_id, task_id, attempt=2)
+    assert re.findall(r"Created batch (batch_\w+)", first_log) == died_with, "try 1 died mid-submission"
+    assert "DEFERRED" not in first_log
+    for shard, batch_id in enumerate(died_with, start=1):
+        assert re.search(rf"Round 1, shard {shard}: re-attaching to batch {batch_id} \(\w+\)", second_log)
+    created = re.findall(r"Round 1, shard (\d+): batch (\S+) created", second_log)
+    assert [int(shard) for shard, _ in created] == list(range(CREATES_BEFORE_KILL + 1, JOB_SHARDS + 1))
+    assert {batch_id for _, batch_id in created} == ids - set(died_with)
+    assert list(e2e.task_log_dir(dag, run_id, task_id).glob("attempt=2.log.trigger.*")), "waited deferred"
+    print(
+        f"[{e2e.backend}] killed with {len(died_with)} of {JOB_SHARDS} shards submitted; the retry"
+        f" re-attached to them and created {len(created)}: one batch per shard, every line ran once"
+    )
 
 
 def test_triggerer_sigkill_keeps_deadline_and_completes_once(e2e: E2E) -> None:

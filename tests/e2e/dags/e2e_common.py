@@ -30,6 +30,12 @@ BATCH_TASK = "batch"
 PROBE_TASK = "probe"
 KILLED_AFTER_CREATE = "killed_after_create"
 KILLED_BEFORE_DEFER = "killed_before_defer"
+KILLED_MID_SUBMISSION = "killed_mid_submission"
+JOB_SHARDS = 5
+SHARD_REQUESTS = 2
+"""The job of ``killed_mid_submission``: JOB_SHARDS shards of SHARD_REQUESTS lines each."""
+CREATES_BEFORE_KILL = 3
+"""``killed_mid_submission`` dies once this many of its shards' batches are created."""
 SURVIVES_RESTART = "survives_restart"
 DEADLINE_HOLDS = "deadline_holds"
 DEADLINE_SECONDS = 55
@@ -69,8 +75,9 @@ def slow(seconds_per_line: float) -> dict[str, str]:
     return {"emulator_line_delay": str(seconds_per_line)}
 
 
-def request_kill(dag_id: str, run_id: str, task_id: str, batch_id: str, where: str) -> None:
-    """Ask the test harness to SIGKILL this very process, then wait to die.
+def request_kill(dag_id: str, run_id: str, task_id: str, batch_id: str, where: str, **details: Any) -> None:
+    """Ask the test harness to SIGKILL this very process, then wait to die. ``details`` (JSON) go
+    into the kill's record, for the test to read.
 
     Written atomically; the harness's watcher finds the file, checks that the PID belongs to the
     stack it started, and kills it. Returning from here means nobody killed us: fail loudly.
@@ -85,6 +92,7 @@ def request_kill(dag_id: str, run_id: str, task_id: str, batch_id: str, where: s
         "batch_id": batch_id,
         "where": where,
         "at": time.time(),
+        **details,
     }
     name = f"{task_id}-{os.getpid()}"
     (directory / f"{name}.tmp").write_text(json.dumps(record))

@@ -13,12 +13,15 @@ from e2e_common import (
     BATCH_TASK,
     CHAT,
     CONN_ID,
+    CREATES_BEFORE_KILL,
     DEADLINE_HOLDS,
     DEADLINE_SECONDS,
     FAN_OUT_DAG,
     FAN_OUT_WIDTH,
+    JOB_SHARDS,
     KILLED_AFTER_CREATE,
     KILLED_BEFORE_DEFER,
+    KILLED_MID_SUBMISSION,
     MARK_FAILED_DAG,
     MAX_POLL_INTERVAL,
     PARALLELISM,
@@ -26,6 +29,7 @@ from e2e_common import (
     PROBE_HOLD_SECONDS,
     PROBE_TASK,
     RESTART_ASSET_URI,
+    SHARD_REQUESTS,
     SUCCESS_ASSET_URI,
     SUCCESS_DAG,
     SURVIVES_RESTART,
@@ -38,7 +42,6 @@ from e2e_common import (
 )
 
 from airflow_provider_batch.operators.batch import OpenAIBatchOperator
-from airflow_provider_batch.status import BatchSnapshot
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
 COMMON: dict[str, Any] = {
@@ -101,19 +104,36 @@ with DAG(MARK_FAILED_DAG, schedule=None, start_date=START, catchup=False):
     )
 
 
-# 5: the worker dies between create and defer; the retry re-attaches ------------------------------
+# 5: the worker dies after create (a job: mid-submission of its shards) or before defer ------------
 
 
 class KilledAfterCreate(OpenAIBatchOperator):
-    """Dies (try 1) the moment the create call returned: before the batch id is stored anywhere
-    in Airflow, so the retry can only find the batch by its idempotency key in the metadata."""
+    """Dies (try 1) the moment its ``die_after``-th create call returned: before any batch id is
+    stored anywhere in Airflow, so the retry can only find the batches by their idempotency keys in
+    the metadata. For a job of shards, that is in the middle of submitting them.
 
-    def _submit(self, context: Any, source: Any, key: str) -> BatchSnapshot:
-        batch = super()._submit(context, source, key)
+    It wraps the hook's public ``create_batch``, whichever path of the operator calls it; the kill's
+    record lists the batches created so far (``created``).
+    """
+
+    def __init__(self, *, die_after: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.die_after = die_after
+
+    def execute(self, context: Any) -> Any:
         ti = context["ti"]
         if ti.try_number == 1:
-            request_kill(ti.dag_id, ti.run_id, ti.task_id, batch.batch_id, "after create")
-        return batch
+            create, created = self.hook.create_batch, []
+
+            def create_then_die(*args: Any, **kwargs: Any) -> Any:
+                batch = create(*args, **kwargs)
+                created.append(batch.id)
+                if len(created) == self.die_after:
+                    request_kill(ti.dag_id, ti.run_id, ti.task_id, batch.id, "after create", created=created)
+                return batch
+
+            self.hook.create_batch = create_then_die  # type: ignore[method-assign]
+        return super().execute(context)
 
 
 class KilledBeforeDefer(OpenAIBatchOperator):
@@ -137,6 +157,14 @@ with DAG(WORKER_KILLED_DAG, schedule=None, start_date=START, catchup=False, defa
             metadata=slow(3),  # ~24 s: still running when the retry re-attaches
             **COMMON,
         )
+    KilledAfterCreate(  # a job: dies with CREATES_BEFORE_KILL of its JOB_SHARDS batches created
+        task_id=KILLED_MID_SUBMISSION,
+        die_after=CREATES_BEFORE_KILL,
+        requests=chat_requests(KILLED_MID_SUBMISSION, JOB_SHARDS * SHARD_REQUESTS),
+        max_requests_per_batch=SHARD_REQUESTS,
+        metadata=slow(4),  # ~8 s a batch: the retry's new batches run well over 5 s while deferred
+        **COMMON,
+    )
 
 
 # 4: SIGKILL the triggerer mid-wait; completion exactly once, deadline kept ------------------------
