@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,12 +43,13 @@ def finish_batch(
     max_failed_fraction: float,
     output_path: Any = None,
     outlets: Iterable[Any] = (),
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Turn a wait's final event into the task's result: land results, push XComs, set the asset
     extra, and return the manifest, or raise the typed error for the outcome.
 
     Partial results of an expired or cancelled batch are landed *before* the error is raised, so
-    paid-for output is never thrown away.
+    paid-for output is never thrown away. ``extra`` adds keys to the manifest (the cost).
     """
     batch = snapshot_from_event(event)
     reason = event["termination_reason"]
@@ -59,7 +60,7 @@ def finish_batch(
     landed = None
     if output_path is not None and (batch.output_file_id or batch.error_file_id):
         landed = land_results(hook, batch, output_path)
-    result = manifest(batch, landed=landed)
+    result = {**manifest(batch, landed=landed), **(extra or {})}
     if reason != "completed" or partial_failure(batch, max_failed_fraction):
         # A failed task returns nothing; pushed here, the manifest still reaches downstream tasks
         # that run anyway (trigger_rule="all_done") through the usual ``.output``.

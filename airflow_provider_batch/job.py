@@ -184,6 +184,8 @@ class JobState:
     split: bool
     end_time: float
     rounds: tuple[JobRound, ...] = ()
+    cost_estimate: Mapping[str, Any] | None = None
+    """The estimate made before upload (:func:`~.cost.checked_estimate`), for the manifest."""
 
     @property
     def current(self) -> JobRound:
@@ -252,6 +254,7 @@ class JobState:
             "split": self.split,
             "end_time": self.end_time,
             "rounds": [job_round.to_dict() for job_round in self.rounds],
+            "cost_estimate": dict(self.cost_estimate) if self.cost_estimate is not None else None,
         }
 
     @classmethod
@@ -267,6 +270,7 @@ class JobState:
             bool(data["split"]),
             float(data["end_time"]),
             tuple(JobRound.from_dict(r) for r in data["rounds"]),
+            data.get("cost_estimate"),
         )
 
 

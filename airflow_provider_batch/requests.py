@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, TypeGuard, cast
 
 import msgspec
@@ -37,6 +37,8 @@ from airflow_provider_batch.limits import (
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_batch.tokens import ModelTokens, RequestTokens, TokenTally
 
     FileLike = str | os.PathLike[str] | ObjectStoragePath | IO[bytes]
     """Where a batch file is read from or written to: a local path, any object storage path, a file object."""
@@ -95,6 +97,8 @@ class ValidationReport:
     embedding_inputs: int
     errors: tuple[LineError, ...]
     unreported_errors: int
+    tokens: Mapping[str | None, ModelTokens] = field(default_factory=dict)
+    """Token estimates per model, when the pass counted them (:class:`~.tokens.TokenTally`)."""
 
     @property
     def valid(self) -> bool:
@@ -162,6 +166,7 @@ class _Checker:
         *,
         batch_limits: bool = True,
         first_line_of: Callable[[str, int], int] | None = None,
+        tokens: TokenTally | None = None,
     ) -> None:
         if problem := endpoint_problem(endpoint):
             raise ValueError(problem)
@@ -181,6 +186,10 @@ class _Checker:
         self._first_line_of = first_line_of or ids.setdefault
         self._line_id: tuple[int, str] | None = None
         """The line being checked and its ``custom_id``, once the envelope named one."""
+        self.tokens = tokens
+        self.line_tokens: RequestTokens | None = None
+        """The token estimate of the line just checked (None when not counted: no tally, a bad line,
+        or a line left out of a sampled count)."""
 
     def fail(self, line: int | None, field: str | None, message: str) -> None:
         if len(self.errors) < self.max_errors:
@@ -190,8 +199,9 @@ class _Checker:
             self.unreported += 1
 
     def check_line(self, line: int, raw: bytes) -> None:
-        """Check one non-blank line of a file, without its newline."""
+        """Check one non-blank line of a file, without its newline; count its tokens with a tally."""
         self._count_request(line)
+        self.line_tokens = None
         # The typed decoder does not validate UTF-8 inside the fields it skips, so check it here; ``isascii``
         # is a fast scan and spares the decode for the usual ``json.dumps`` output.
         if not raw.isascii():
@@ -219,6 +229,8 @@ class _Checker:
         body = request.body
         embedding_input = msgspec.json.decode(body.input) if self._embeddings and body.input else None
         self._check_body(line, body.model, body.stream, embedding_input)
+        if self.tokens is not None:
+            self.line_tokens = self.tokens.add_line(raw)
 
     def check_record(self, line: int, value: object) -> None:
         """Check one request given as Python values, the record the writer is about to encode."""
@@ -241,6 +253,8 @@ class _Checker:
             self.fail(line, "body", _must("body", "be a JSON object", body))
             return
         self._check_body(line, body.get("model"), body.get("stream"), body.get("input"))
+        if self.tokens is not None:
+            self.line_tokens = self.tokens.add(body)
 
     def too_large(self, line: int) -> None:
         self.fail(
@@ -262,6 +276,7 @@ class _Checker:
             embedding_inputs=self.embedding_inputs,
             errors=tuple(self.errors),
             unreported_errors=self.unreported,
+            tokens=self.tokens.models if self.tokens is not None else {},
         )
 
     def error(self) -> OpenAIBatchInvalidInput:

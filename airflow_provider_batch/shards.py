@@ -19,7 +19,8 @@ import os
 import shutil
 import tempfile
 from array import array
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, NamedTuple, cast
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_batch.requests import FileLike
+    from airflow_provider_batch.tokens import ModelTokens, RequestTokens, TokenTally
 
     Directory = str | os.PathLike[str] | ObjectStoragePath
     """Where shard files are written: a local directory or any object storage path."""
@@ -146,6 +148,8 @@ class Shard:
     :param requests: requests in the shard.
     :param bytes: the file's size: bytes written, or the source's size when it is the source.
     :param embedding_inputs: embedding inputs in the shard (``/v1/embeddings`` only, else 0).
+    :param input_tokens: the shard's estimated input tokens, when the pass counted them: what it adds to
+        the model's enqueued tokens while it runs.
     """
 
     index: int
@@ -155,6 +159,7 @@ class Shard:
     requests: int
     bytes: int
     embedding_inputs: int
+    input_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -167,6 +172,7 @@ class ShardPlan:
     :param bytes: bytes read from the input, blank lines included.
     :param model: the model of the input's requests (one per input, hence one per shard).
     :param embedding_inputs: embedding inputs across the input.
+    :param tokens: token estimates per model, when the pass counted them.
     """
 
     endpoint: str
@@ -176,6 +182,7 @@ class ShardPlan:
     bytes: int
     model: str | None
     embedding_inputs: int
+    tokens: Mapping[str | None, ModelTokens] = field(default_factory=dict)
 
 
 class _IdDigests:
@@ -294,6 +301,7 @@ def split_batch_file(
     endpoint: str,
     limits: ShardLimits | None = None,
     max_errors: int = DEFAULT_MAX_ERRORS,
+    tokens: TokenTally | None = None,
 ) -> ShardPlan:
     """Validate an input of any size and cut it into shards of at most ``limits``, in one streaming pass.
 
@@ -309,16 +317,22 @@ def split_batch_file(
     :param endpoint: the batch endpoint; every line's ``url`` must equal it.
     :param limits: what each shard may hold; OpenAI's limits by default.
     :param max_errors: problems reported; later ones are only counted.
+    :param tokens: a tally to count every request's tokens into, in the same pass; each shard then gets its
+        share of the input tokens (exact, or for a sampled tally the counted lines plus the extrapolation
+        shared out by bytes).
     :return: the plan: the source itself as its one shard if it fits one batch, else the shard files.
     :raises OpenAIBatchInvalidInput: naming every bad line (up to ``max_errors``) with its ``custom_id``;
         the shard files written so far are removed first.
     """
     limits = limits or ShardLimits()
-    checker = _Checker(endpoint, max_errors, batch_limits=False, first_line_of=_IdDigests().first_line_of)
+    checker = _Checker(
+        endpoint, max_errors, batch_limits=False, first_line_of=_IdDigests().first_line_of, tokens=tokens
+    )
     files = _ShardFiles(directory)
     shards: list[Shard] = []
     size = ShardSize()
     first = last = 0
+    counted = _ShardTokens()
     try:
         with _open(source, "rb") as stream:
             lines = JsonlLines(stream)
@@ -338,6 +352,7 @@ def split_batch_file(
                         Shard(len(shards) + 1, shard_path(directory, len(shards) + 1), first, last, *size)
                     )
                     size = ShardSize()
+                    counted.next_shard()
                     if not checker.errors:
                         files.next_shard()
                 if size.requests == 0:
@@ -346,6 +361,7 @@ def split_batch_file(
                 size = ShardSize(
                     size.requests + 1, size.bytes + line_bytes, size.embedding_inputs + line_inputs
                 )
+                counted.add(checker.line_tokens, len(raw))
                 if not checker.errors:  # an invalid input is only checked from its first error on
                     files.write(raw, newline)
         report = checker.finish(lines.bytes_read)
@@ -364,6 +380,12 @@ def split_batch_file(
         shards.append(Shard(len(shards) + 1, shard_path(directory, len(shards) + 1), first, last, *size))
     else:
         shards = [Shard(1, source, first, last, size.requests, report.bytes, size.embedding_inputs)]
+    if tokens is not None:
+        total = sum(model.input for model in report.tokens.values())
+        shards = [
+            replace(shard, input_tokens=share)
+            for shard, share in zip(shards, counted.shares(total), strict=True)
+        ]
     return ShardPlan(
         endpoint=endpoint,
         shards=tuple(shards),
@@ -372,4 +394,33 @@ def split_batch_file(
         bytes=report.bytes,
         model=report.model,
         embedding_inputs=report.embedding_inputs,
+        tokens=report.tokens,
     )
+
+
+class _ShardTokens:
+    """Input tokens per shard, as the pass counts them: the counted lines' exact tokens, and the bytes of
+    the lines a sampled tally left out, whose tokens are extrapolated at the end."""
+
+    def __init__(self) -> None:
+        self.tokens = [0]
+        self.skipped_bytes = [0]
+
+    def next_shard(self) -> None:
+        self.tokens.append(0)
+        self.skipped_bytes.append(0)
+
+    def add(self, tokens: RequestTokens | None, line_bytes: int) -> None:
+        if tokens is not None:
+            self.tokens[-1] += tokens.input
+        else:
+            self.skipped_bytes[-1] += line_bytes
+
+    def shares(self, total: int) -> list[int]:
+        """Each shard's tokens: its counted ones, plus the extrapolated rest of ``total`` by skipped bytes."""
+        rest = max(0, total - sum(self.tokens))
+        skipped = sum(self.skipped_bytes)
+        return [
+            counted + (rest * skipped_bytes // skipped if skipped else 0)
+            for counted, skipped_bytes in zip(self.tokens, self.skipped_bytes, strict=True)
+        ]

@@ -326,6 +326,10 @@ class OpenAIBatchHook(BaseHook):
             self._async_config = ClientConfig.from_connection(conn, extra)
         return self._async_config
 
+    def connection_extra(self, name: str) -> Any:
+        """One field of the connection's extra that is not a client setting (``prices``), or None."""
+        return self.get_connection(self.conn_id).extra_dejson.get(name)
+
     @property
     def resolved_config(self) -> ClientConfig:
         """The configuration already resolved, by whichever path (async first: no sync lookup)."""

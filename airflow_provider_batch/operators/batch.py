@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf only exists from 3.2
 from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
 
+from airflow_provider_batch import cost
 from airflow_provider_batch import requests as batch_requests
 from airflow_provider_batch.completion import (
     XCOM_BATCH_ID,
@@ -82,6 +83,7 @@ from airflow_provider_batch.job import (
 from airflow_provider_batch.landing import as_path, land_job_results, require_writable
 from airflow_provider_batch.limits import MAX_METADATA_PAIRS, endpoint_problem
 from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink, reserve_batch_url
+from airflow_provider_batch.pricing import PriceTable
 from airflow_provider_batch.round_files import fetch_round
 from airflow_provider_batch.rounds import close_round
 from airflow_provider_batch.shards import ShardLimits, ShardPlan, split_batch_file
@@ -130,6 +132,15 @@ class OpenAIBatchOperator(BaseOperator):
     :param max_requests_per_batch: cut the input into batches of at most this many requests
         (default and maximum: OpenAI's 50,000).
     :param max_bytes_per_batch: and of at most this many bytes (default and maximum: 200 MiB).
+    :param max_cost: refuse the job, before anything is uploaded, when its estimated cost in USD is above
+        this (input tokens counted offline, plus the output caps of the requests that set one; a model
+        without a price refuses too unless ``allow_unpriced``). The estimate and, at the end, the actual
+        cost from the batches' ``usage`` are logged and in the manifest (``cost_estimate``, ``cost``).
+    :param prices: price overrides, ``{model: {"input": ..., "cached_input": ..., "output": ...}}`` in
+        standard USD per 1M tokens (the batch multiplier, 0.5, is applied; give ``"batch_multiplier": 1``
+        for prices that are batch prices already), on top of the shipped table and the connection's
+        extra ``prices``: negotiated prices, Azure deployment names, compatible servers.
+    :param allow_unpriced: with ``max_cost``, run a model that has no price instead of refusing it.
     :param max_rounds: rounds of batches a job may run. After a round, the lines without a success that
         another attempt can fix (lines an expired batch never ran, 429 and 5xx failures) are submitted
         again, and only those; a success or a 4xx failure is never paid for twice. ``1`` runs the input
@@ -183,6 +194,9 @@ class OpenAIBatchOperator(BaseOperator):
         max_requests_per_batch: int | None = None,
         max_bytes_per_batch: int | None = None,
         max_rounds: int = DEFAULT_MAX_ROUNDS,
+        max_cost: float | None = None,
+        prices: dict[str, dict[str, Any]] | None = None,
+        allow_unpriced: bool = False,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         wait_for_completion: bool = True,
         poll_interval: float = 30.0,
@@ -225,6 +239,16 @@ class OpenAIBatchOperator(BaseOperator):
             ShardLimits.from_batch_caps(max_requests_per_batch, max_bytes_per_batch)
         except ValueError as exc:
             raise ValueError(f"{self.task_id}: {exc}") from None
+        if max_cost is not None and (isinstance(max_cost, bool) or not max_cost >= 0):
+            raise ValueError(
+                f"{self.task_id}: max_cost must be a number of USD, at least 0; got {max_cost!r}"
+            )
+        if max_cost is not None and input_file_id is not None:
+            raise ValueError(
+                f"{self.task_id}: max_cost needs the requests (input_path or requests) to count their"
+                " tokens; an input_file_id is not read before it is submitted"
+            )
+        cost.price_table(prices)  # a typo in a price fails the DAG's import, not a run
         if isinstance(endpoint, str) and "{{" not in endpoint and (problem := endpoint_problem(endpoint)):
             raise ValueError(f"{self.task_id}: {problem}")  # a literal typo fails the DAG's import
         self.endpoint = endpoint
@@ -239,6 +263,9 @@ class OpenAIBatchOperator(BaseOperator):
         self.max_requests_per_batch = max_requests_per_batch
         self.max_bytes_per_batch = max_bytes_per_batch
         self.max_rounds = max_rounds
+        self.max_cost = max_cost
+        self.prices = prices
+        self.allow_unpriced = allow_unpriced
         self.deferrable = deferrable
         self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
@@ -262,6 +289,13 @@ class OpenAIBatchOperator(BaseOperator):
         return self._hook
 
     @property
+    def price_table(self) -> PriceTable:
+        """The shipped prices, with the connection's extra ``prices`` and then the task's on top."""
+        if not hasattr(self, "_price_table"):
+            self._price_table = cost.price_table(self.hook.connection_extra("prices"), self.prices)
+        return self._price_table
+
+    @property
     def limits(self) -> ShardLimits:
         return ShardLimits.from_batch_caps(self.max_requests_per_batch, self.max_bytes_per_batch)
 
@@ -276,17 +310,26 @@ class OpenAIBatchOperator(BaseOperator):
         with tempfile.TemporaryDirectory(prefix="openai-batch-") as workdir:
             source = self._input_source(Path(workdir))
             key = submission_key(context, self.endpoint, input_fingerprint(source, self.input_file_id))
-            plan = None
+            plan = estimate = None
             if source is not None:
                 # Raises OpenAIBatchInvalidInput naming every bad line: nothing uploaded, nothing billed.
                 plan = split_batch_file(
-                    source, Path(workdir) / "round-001", endpoint=self.endpoint, limits=self.limits
+                    source,
+                    Path(workdir) / "round-001",
+                    endpoint=self.endpoint,
+                    limits=self.limits,
+                    tokens=cost.token_tally(self.endpoint, _size_of(source)),
                 )
                 self._log_plan(plan)
+                estimated = cost.checked_estimate(
+                    plan.tokens, self.price_table, max_cost=self.max_cost, allow_unpriced=self.allow_unpriced
+                )
+                estimate = estimated.to_dict() if estimated is not None else None
             if plan is None or not plan.split:
-                state = self._start_single(context, key, source, plan)
+                state = replace(self._start_single(context, key, source, plan), cost_estimate=estimate)
             else:
-                state = self._submit_round(context, JobState(key, split=True, end_time=0.0), 1, plan)
+                started = JobState(key, split=True, end_time=0.0, cost_estimate=estimate)
+                state = self._submit_round(context, started, 1, plan)
         return self._advance(context, state)
 
     def execute_complete(
@@ -556,8 +599,16 @@ class OpenAIBatchOperator(BaseOperator):
                 max_failed_fraction=self.max_failed_fraction,
                 output_path=self.output_path,
                 outlets=self.outlets,
+                extra=self._costs(state),
             )
         return self._finish_job(context, state, wait_event)
+
+    def _costs(self, state: JobState) -> dict[str, Any]:
+        """The manifest's cost keys: the estimate made before upload, and the actual cost now."""
+        spent = cost.actual((b.batch for b in state.batches()), self.price_table)
+        if spent is not None:
+            self.log.info("After the job: %s", spent.describe())
+        return cost.cost_fields(state.cost_estimate, spent)
 
     @staticmethod
     def _terminal_event(batch: BatchSnapshot, end_time: float) -> dict[str, Any]:
@@ -573,6 +624,7 @@ class OpenAIBatchOperator(BaseOperator):
         if self.output_path is not None and state.current.ended:
             landed = land_job_results(self.hook, state, self.output_path)
         result = job_manifest(state, max_rounds=self.max_rounds, wait_reason=wait_reason, landed=landed)
+        result.update(self._costs(state))
         ti = context["ti"]
         ti.xcom_push(key=XCOM_BATCH_IDS, value=result["batch_ids"])
         ended = ending(state, wait_reason=wait_reason)
@@ -599,6 +651,16 @@ class OpenAIBatchOperator(BaseOperator):
             if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra.update({"batch_ids": result["batch_ids"]})
         return result
+
+
+def _size_of(source: Any) -> int | None:
+    """The input's size in bytes, or None when it cannot be known without reading it."""
+    try:
+        if isinstance(source, ObjectStoragePath):
+            return int(source.stat()["size"])
+        return os.path.getsize(source)
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _jsonl_name(source: Any) -> str:
