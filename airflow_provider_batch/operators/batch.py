@@ -99,8 +99,6 @@ USER_METADATA_PAIRS = MAX_METADATA_PAIRS - len(AIRFLOW_METADATA_KEYS) - 1  # and
 ROUND_TIMEOUT = timedelta(hours=25)
 """The 24 h window plus finalizing time, so OpenAI's own ``expired`` (with partial output) normally
 arrives before our timeout does; the default timeout is this much per allowed round."""
-DEFAULT_TIMEOUT = ROUND_TIMEOUT
-"""The default timeout of a single-round task (``max_rounds=1``)."""
 DEFAULT_MAX_ROUNDS = 3
 """Rounds a job runs by default: the first, and two for lines that expired or failed transiently."""
 XCOM_BATCH_IDS = "batch_ids"
@@ -310,21 +308,8 @@ class OpenAIBatchOperator(BaseOperator):
         with tempfile.TemporaryDirectory(prefix="openai-batch-") as workdir:
             source = self._input_source(Path(workdir))
             key = submission_key(context, self.endpoint, input_fingerprint(source, self.input_file_id))
-            plan = estimate = None
-            if source is not None:
-                # Raises OpenAIBatchInvalidInput naming every bad line: nothing uploaded, nothing billed.
-                plan = split_batch_file(
-                    source,
-                    Path(workdir) / "round-001",
-                    endpoint=self.endpoint,
-                    limits=self.limits,
-                    tokens=cost.token_tally(self.endpoint, _size_of(source)),
-                )
-                self._log_plan(plan)
-                estimated = cost.checked_estimate(
-                    plan.tokens, self.price_table, max_cost=self.max_cost, allow_unpriced=self.allow_unpriced
-                )
-                estimate = estimated.to_dict() if estimated is not None else None
+            plan = self._plan(source, Path(workdir)) if source is not None else None
+            estimate = self._estimate(plan) if plan is not None else None
             if plan is None or not plan.split:
                 state = replace(self._start_single(context, key, source, plan), cost_estimate=estimate)
             else:
@@ -512,7 +497,18 @@ class OpenAIBatchOperator(BaseOperator):
             return as_path(self.input_path)
         return None
 
-    def _log_plan(self, plan: ShardPlan) -> None:
+    def _plan(self, source: Any, workdir: Path) -> ShardPlan:
+        """Validate the input and cut it into shards, counting its tokens, in one streaming pass.
+
+        :raises OpenAIBatchInvalidInput: naming every bad line: nothing is uploaded, nothing billed.
+        """
+        plan = split_batch_file(
+            source,
+            workdir / "round-001",
+            endpoint=self.endpoint,
+            limits=self.limits,
+            tokens=cost.token_tally(self.endpoint, _size_of(source)),
+        )
         if plan.split:
             self.log.info(
                 "Validated %s requests (%s bytes); cut into %d batches of at most %s requests and %s bytes",
@@ -524,6 +520,14 @@ class OpenAIBatchOperator(BaseOperator):
             )
         else:
             self.log.info("Validated %d requests (%d bytes); they fit one batch", plan.requests, plan.bytes)
+        return plan
+
+    def _estimate(self, plan: ShardPlan) -> dict[str, Any] | None:
+        """The cost estimate before upload, for the manifest; raises above ``max_cost``."""
+        estimated = cost.checked_estimate(
+            plan.tokens, self.price_table, max_cost=self.max_cost, allow_unpriced=self.allow_unpriced
+        )
+        return estimated.to_dict() if estimated is not None else None
 
     def _reattach(self, context: Context, key: str) -> BatchSnapshot | None:
         """The batch an earlier try of this task created for the same input, if it is worth keeping."""
