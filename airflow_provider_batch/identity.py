@@ -60,7 +60,16 @@ def remember(context: Context, batch_id: str, key: str) -> None:
 
 
 def run_started(context: Context) -> float | None:
-    """Lower bound for the metadata lookup: nothing this run created predates the run itself."""
+    """Lower bound for the metadata lookup: nothing this run created predates the run itself.
+
+    The earlier of the run's start and its ``run_after``: clearing a task of a finished run starts the
+    run again with a new ``start_date``, while ``run_after`` stays, so the batches of the first attempt
+    are still found (and not paid for twice). Five minutes of slack absorb clock skew.
+    """
     dag_run = context.get("dag_run")
-    started = getattr(dag_run, "start_date", None) or getattr(dag_run, "run_after", None)
-    return started.timestamp() - 300 if started else None
+    moments = [
+        moment.timestamp()
+        for moment in (getattr(dag_run, "start_date", None), getattr(dag_run, "run_after", None))
+        if moment is not None
+    ]
+    return min(moments) - 300 if moments else None
