@@ -191,6 +191,15 @@ def test_object_storage_input_file_id_sync_wait_and_poke_sensor(
     assert emulator.client().batches.retrieve(from_id["batch_id"]).input_file_id == uploaded
     assert [row["custom_id"] for row in jsonl(from_id["results_uri"])] == expected_order
 
+    # A job deferred twice (round 1: three batches, one trigger; round 2: the line that failed once).
+    job = xcoms_of(run.run_id, "job")["return_value"]
+    assert [len(r["batches"]) for r in job["rounds"]] == [3, 1]
+    assert job["request_counts"] == {"total": 6, "succeeded": 6, "failed": 0, "pending": 0}
+    rows = list(jsonl(job["results_uri"]))
+    assert [(row["custom_id"], row["round"]) for row in rows] == [
+        (f"job-{i}", 2 if i == 4 else 1) for i in range(6)
+    ]
+
     # Mapped over two request lists: two batches, each tagged with its map index, each joined.
     mapped = [xcoms_of(run.run_id, "mapped", index)["return_value"] for index in (0, 1)]
     for index, manifest in enumerate(mapped):

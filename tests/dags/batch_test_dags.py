@@ -198,6 +198,22 @@ with DAG(
         poke_interval=0.05,
         timeout=60,
     )
+    # A job: six requests cut into three batches, one line failing once with a 500, so a second round
+    # runs; deferred, so dag.test() resumes it from the trigger's event twice.
+    OpenAIBatchOperator(
+        task_id="job",
+        requests=[
+            chat_line(
+                f"job-{i}", f"job {i}", **({"emulator": {"status_code": 500, "times": 1}} if i == 4 else {})
+            )
+            for i in range(6)
+        ],
+        endpoint=CHAT,
+        deferrable=True,
+        max_requests_per_batch=2,
+        output_path=str(WORK / "modes" / "job_results.jsonl"),
+        **FAST,
+    )
     # Mapped: one batch per map index, each its own submission.
     OpenAIBatchOperator.partial(task_id="mapped", endpoint=CHAT, deferrable=True, **FAST).expand(
         requests=[[chat_line(f"x{m}-{i}", f"mapped {m} {i}") for i in range(2)] for m in range(2)]
