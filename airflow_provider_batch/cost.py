@@ -21,6 +21,7 @@ from airflow_provider_batch.pricing import (
     Cost,
     CostEstimate,
     PriceTable,
+    PricingError,
     UnpricedModelError,
     default_table,
     format_usd,
@@ -49,11 +50,18 @@ def token_tally(endpoint: str, input_bytes: int | None) -> TokenTally:
 
 
 def price_table(*overrides: Mapping[str, Any] | None) -> PriceTable:
-    """The shipped table with each set of overrides applied in turn (the connection's, then the task's)."""
+    """The shipped table with each set of overrides applied in turn (the connection's, then the task's).
+
+    :raises OpenAIBatchConfigError: naming the model and the field of a bad price (not retried: a retry
+        would meet the same setting).
+    """
     table = default_table()
     for prices in overrides:
         if prices:
-            table = table.with_overrides(prices)
+            try:
+                table = table.with_overrides(prices)
+            except PricingError as error:
+                raise OpenAIBatchConfigError(f"prices: {error}") from None
     return table
 
 
@@ -89,7 +97,7 @@ def checked_estimate(
     except UnpricedModelError as error:
         if max_cost is not None and not allow_unpriced:
             raise OpenAIBatchCostLimitExceeded(
-                f"{error} Nothing was uploaded or submitted: max_cost={max_cost} cannot be checked."
+                f"{error}. Nothing was uploaded or submitted: max_cost={max_cost} cannot be checked."
             ) from None
         log.warning("No cost estimate: %s", error)
         return None
@@ -100,7 +108,8 @@ def checked_estimate(
         raise OpenAIBatchCostLimitExceeded(
             f"The estimated cost, {format_usd(result.bounded_total)}, is above max_cost ="
             f" {format_usd(Decimal(str(max_cost)))}: nothing was uploaded or submitted. {result.describe()}."
-            " Raise max_cost, cap the output (max_tokens), or send fewer requests."
+            " Raise max_cost, cap the output (max_completion_tokens, max_tokens or max_output_tokens),"
+            " or send fewer requests."
         )
     return result
 
@@ -114,7 +123,14 @@ def actual(batches: Iterable[BatchSnapshot], table: PriceTable) -> Cost | None:
             continue
         try:
             costs.append(table.actual_cost(batch.model, batch.usage))
-        except (UnpricedModelError, ValueError) as error:
+        except UnpricedModelError as error:
+            log.warning(
+                "No actual cost for batch %s: model %r has no price (give prices=...)",
+                batch.batch_id,
+                error.model,
+            )
+            return None
+        except ValueError as error:
             log.warning("No actual cost for batch %s: %s", batch.batch_id, error)
             return None
     return sum_costs(costs)

@@ -15,6 +15,7 @@ import pytest
 
 from airflow_provider_batch import cost
 from airflow_provider_batch.emulator.process import EmulatorProcess
+from airflow_provider_batch.exceptions import OpenAIBatchConfigError
 from airflow_provider_batch.operators.batch import OpenAIBatchOperator
 from airflow_provider_batch.status import BatchSnapshot
 from airflow_provider_batch.tokens import ModelTokens
@@ -155,3 +156,14 @@ def test_bad_cost_settings_fail_the_dag_import() -> None:
         operator(input_file_id="file-1", max_cost=1.0)
     with pytest.raises(ValueError, match="gpt-4o"):
         operator(requests=requests(1), prices={"gpt-4o": {"input": -1, "output": 1}})
+
+
+def test_a_bad_price_on_the_connection_fails_before_anything_is_sent_and_is_not_retried(
+    server: EmulatorProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_emulator(monkeypatch, CONN, server, prices={"gpt-4o-mini": {"input": "cheap", "output": 1}})
+    for inputs in ({"requests": requests(2)}, {"input_file_id": "file-never-read"}):
+        with pytest.raises(OpenAIBatchConfigError, match="gpt-4o-mini"):
+            operator(**inputs).execute(make_context())
+    assert route_count(server, "POST /v1/files") == 0
+    assert route_count(server, "POST /v1/batches") == 0

@@ -305,11 +305,12 @@ class OpenAIBatchOperator(BaseOperator):
             raise OpenAIBatchConfigError(f"{self.task_id}: {problem}")
         if self.output_path is not None:
             require_writable(self.output_path)
+        prices = self.price_table  # a bad price in the connection's extra fails here, before anything is sent
         with tempfile.TemporaryDirectory(prefix="openai-batch-") as workdir:
             source = self._input_source(Path(workdir))
             key = submission_key(context, self.endpoint, input_fingerprint(source, self.input_file_id))
             plan = self._plan(source, Path(workdir)) if source is not None else None
-            estimate = self._estimate(plan) if plan is not None else None
+            estimate = self._estimate(plan, prices) if plan is not None else None
             if plan is None or not plan.split:
                 state = replace(self._start_single(context, key, source, plan), cost_estimate=estimate)
             else:
@@ -522,10 +523,10 @@ class OpenAIBatchOperator(BaseOperator):
             self.log.info("Validated %d requests (%d bytes); they fit one batch", plan.requests, plan.bytes)
         return plan
 
-    def _estimate(self, plan: ShardPlan) -> dict[str, Any] | None:
+    def _estimate(self, plan: ShardPlan, prices: PriceTable) -> dict[str, Any] | None:
         """The cost estimate before upload, for the manifest; raises above ``max_cost``."""
         estimated = cost.checked_estimate(
-            plan.tokens, self.price_table, max_cost=self.max_cost, allow_unpriced=self.allow_unpriced
+            plan.tokens, prices, max_cost=self.max_cost, allow_unpriced=self.allow_unpriced
         )
         return estimated.to_dict() if estimated is not None else None
 
@@ -580,9 +581,10 @@ class OpenAIBatchOperator(BaseOperator):
     def _submitted(self, state: JobState) -> dict[str, Any]:
         """The manifest of a task that does not wait (``wait_for_completion=False``)."""
         self.log.info("Submitted; not waiting (wait_for_completion=False)")
+        costs = cost.cost_fields(state.cost_estimate, None)
         if state.single_batch:
-            return manifest(state.current.batches[0].batch)
-        return job_manifest(state, max_rounds=self.max_rounds)
+            return {**manifest(state.current.batches[0].batch), **costs}
+        return {**job_manifest(state, max_rounds=self.max_rounds), **costs}
 
     # finishing ------------------------------------------------------------------------------------
 
@@ -608,8 +610,13 @@ class OpenAIBatchOperator(BaseOperator):
         return self._finish_job(context, state, wait_event)
 
     def _costs(self, state: JobState) -> dict[str, Any]:
-        """The manifest's cost keys: the estimate made before upload, and the actual cost now."""
-        spent = cost.actual((b.batch for b in state.batches()), self.price_table)
+        """The manifest's cost keys: the estimate made before upload, and the actual cost now. The
+        batches have run: a price that cannot be read now only leaves the cost out, with a warning."""
+        try:
+            spent = cost.actual((b.batch for b in state.batches()), self.price_table)
+        except OpenAIBatchConfigError as error:
+            self.log.warning("No actual cost: %s", error)
+            spent = None
         if spent is not None:
             self.log.info("After the job: %s", spent.describe())
         return cost.cost_fields(state.cost_estimate, spent)
