@@ -57,7 +57,18 @@ def _parser() -> argparse.ArgumentParser:
         default=True,
         help="write result lines out of input order, as OpenAI may",
     )
-    engine.add_argument("--enqueued-token-limit", type=int, default=0, help="per-model token quota (0: off)")
+    engine.add_argument(
+        "--enqueued-token-limit",
+        type=int,
+        default=0,
+        help="per-model quota of enqueued input tokens (0: off)",
+    )
+    engine.add_argument(
+        "--enqueued-token-limits",
+        default="",
+        metavar="MODEL=N,...",
+        help="the quota for named models, over --enqueued-token-limit (0: none for that model)",
+    )
 
     azure = parser.add_argument_group("azure dialect only")
     azure.add_argument(
@@ -131,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
                 "cancelling_delay": args.cancelling_delay,
                 "shuffle_output": args.shuffle_output,
                 "enqueued_token_limit": args.enqueued_token_limit,
+                "enqueued_token_limits": args.enqueued_token_limits,
                 "faults": {
                     "rate": args.fault_rate,
                     "kinds": args.fault_kinds,

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from airflow_provider_batch.emulator.gate import Gate
 from airflow_provider_batch.emulator.runner import DAY, DEFAULT_FILE_TTL, BatchRunner, scaled
 from airflow_provider_batch.emulator.settings import Settings, apply_changes
 from airflow_provider_batch.emulator.store import BatchRecord, FileRecord, Store, new_id
+from airflow_provider_batch.emulator.validation import FileReport
 from airflow_provider_batch.limits import ENDPOINTS
 
 MAX_JSON_BODY = 1024 * 1024
@@ -350,8 +351,7 @@ async def create_batch(request: Request) -> Response:
             " with purpose 'batch'.",
             param="input_file_id",
         )
-    if emulator.azure:
-        await _azure_admission(emulator, input_file, params.endpoint)
+    counted = await _azure_admission(emulator, input_file, params.endpoint) if emulator.azure else None
     now = time.time()
     window = scaled(DAY, emulator.settings)
     batch = BatchRecord(
@@ -366,21 +366,44 @@ async def create_batch(request: Request) -> Response:
         deadline=now + window,
         phase_started=now,
         output_expires_after=params.output_expires_after,
+        model=counted.model if counted else None,
     )
-    emulator.store.add_batch(batch)
+    admit = _admission_at_create(emulator.runner, counted) if counted else None
+    total = emulator.store.add_batch(batch, admit=admit)
+    if batch.admitted:
+        emulator.runner.enqueued.saw(batch.model, total)
     emulator.runner.wake(batch.id)
     return _json(batch.to_api(emulator.dialect))
 
 
-async def _azure_admission(emulator: Emulator, input_file: FileRecord, endpoint: str) -> None:
+async def _azure_admission(emulator: Emulator, input_file: FileRecord, endpoint: str) -> FileReport | None:
     """What Azure refuses at create: a file not processed yet, and, in "fail fast" mode, a batch
-    over the enqueued-token quota (a 400 now rather than a batch ``failed`` in validating)."""
+    over the enqueued-token quota (a 400 now rather than a batch ``failed`` in validating).
+
+    In fail-fast mode (with a limit set) the file is read and its tokens counted now; the report is
+    returned for :func:`_admission_at_create`. A file with problems is not admitted at create (None):
+    it fails in ``validating`` as any other."""
     if input_file.status() != "processed":
         raise file_not_processed(input_file.id, input_file.status())
-    if emulator.settings.azure.token_limit_fail_fast and emulator.settings.enqueued_token_limit:
-        report = await asyncio.to_thread(emulator.runner.read_input, input_file.id, endpoint)
-        if emulator.runner.over_token_limit(report):
-            raise azure_error(400, "token_limit_exceeded", emulator.runner.token_limit_message(report.model))
+    if not emulator.settings.azure.token_limit_fail_fast or not emulator.settings.counts_tokens():
+        return None
+    report = await asyncio.to_thread(emulator.runner.read_input, input_file.id, endpoint)
+    return None if report.errors or report.model is None else report
+
+
+def _admission_at_create(runner: BatchRunner, report: FileReport) -> Callable[[BatchRecord, int], None]:
+    """Admit a new batch by the runner's own rule (:meth:`BatchRunner.admits`), inside the store
+    transaction that inserts it (``others``: what the model's in-flight batches hold, read in that
+    transaction), so concurrent creates cannot overfill the quota together; or refuse it with
+    Azure's synchronous 400. Admitted, the batch holds its tokens from ``validating`` on."""
+
+    def admit(batch: BatchRecord, others: int) -> None:
+        if not runner.admits(report, others):
+            runner.enqueued.refuse(report.model)
+            raise azure_error(400, "token_limit_exceeded", runner.token_limit_message(report.model))
+        batch.admitted, batch.enqueued_tokens = True, report.input_tokens
+
+    return admit
 
 
 async def list_batches(request: Request) -> Response:
@@ -444,15 +467,24 @@ async def change_settings(request: Request) -> Response:
     return _json(settings.to_json())
 
 
+def _stats(request: Request) -> dict[str, Any]:
+    """The gate's call and fault statistics, and the enqueued tokens per model
+    (``runner.EnqueuedTokens``)."""
+    emulator = _emulator(request)
+    enqueued = emulator.runner.enqueued.to_json(emulator.store.enqueued_tokens())
+    return {**request.app.state.gate.stats(), "enqueued_tokens": enqueued}
+
+
 async def read_stats(request: Request) -> Response:
-    return _json(request.app.state.gate.stats())
+    return _json(_stats(request))
 
 
 async def reset_stats(request: Request) -> Response:
-    """Reset the call and fault statistics, and the line counts with them."""
+    """Reset the call and fault statistics, the enqueued-token peaks and the line counts."""
     request.app.state.gate.reset_stats()
     _emulator(request).runner.lines.clear()
-    return _json(request.app.state.gate.stats())
+    _emulator(request).runner.enqueued.clear()
+    return _json(_stats(request))
 
 
 async def read_lines(request: Request) -> Response:

@@ -123,6 +123,11 @@ class EmulatorProcess:
         """Reset the statistics and the line counts."""
         return self.admin("DELETE", "stats")
 
+    def enqueued_tokens(self) -> dict[str, Any]:
+        """The enqueued-token limit's view, per model: ``{"current": {model: tokens}, "peak":
+        {model: tokens}, "refused": {model: batches}}`` (the ``enqueued_tokens`` of :meth:`stats`)."""
+        return dict(self.stats()["enqueued_tokens"])
+
     def lines(self) -> dict[str, Any]:
         """Batch lines processed: ``{"processed": N, "custom_ids": {custom_id: times, ...}}``."""
         return self.admin("GET", "lines")

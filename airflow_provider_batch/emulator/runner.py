@@ -14,6 +14,13 @@ lines are done) and ``emulator_fail_validation`` (an error code, e.g. ``token_li
 
 The runner counts the lines it processes per ``custom_id`` (:class:`LineCounts`); the per-line
 directive's ``times`` reads those counts.
+
+The enqueued-token limit (``enqueued_token_limit``, ``enqueued_token_limits``) is applied per model
+across every batch in flight: a batch is admitted at the end of ``validating`` (or at create, in
+Azure's fail-fast mode) only if its input tokens and those the model's in-flight batches hold fit
+the model's limit, and the check and the admission are one store transaction
+(:meth:`Store.admit_batch`), so batches validated at the same moment cannot overfill it together.
+:class:`EnqueuedTokens` keeps the highest total seen per model for ``GET /_emulator/stats``.
 """
 
 from __future__ import annotations
@@ -35,7 +42,14 @@ from airflow_provider_batch.emulator.azure import canonical_endpoint, token_limi
 from airflow_provider_batch.emulator.engines import Engine, usage_of, without_spent_directive
 from airflow_provider_batch.emulator.errors import APIError
 from airflow_provider_batch.emulator.settings import Settings
-from airflow_provider_batch.emulator.store import BatchRecord, FileRecord, Progress, Store, Usage
+from airflow_provider_batch.emulator.store import (
+    IN_FLIGHT_STATUSES,
+    BatchRecord,
+    FileRecord,
+    Progress,
+    Store,
+    Usage,
+)
 from airflow_provider_batch.emulator.validation import FileReport, validate_input_file
 
 log = logging.getLogger(__name__)
@@ -116,6 +130,36 @@ class LineCounts:
         return {"processed": self.processed, "custom_ids": dict(self.by_custom_id)}
 
 
+class EnqueuedTokens:
+    """What the enqueued-token limit saw, per model, since the server started or
+    ``DELETE /_emulator/stats``: the highest total that in-flight batches held at once, and how many
+    batches the limit refused. The current totals are read from the store (they survive a restart);
+    the peaks and refusals live in memory, and a peak is never reported below the current total."""
+
+    def __init__(self) -> None:
+        self.peak: dict[str, int] = {}
+        self.refused: Counter[str] = Counter()
+
+    def saw(self, model: str | None, total: int) -> None:
+        """The model's in-flight batches hold ``total`` tokens now (after an admission)."""
+        if model is not None and total > self.peak.get(model, 0):
+            self.peak[model] = total
+
+    def refuse(self, model: str | None) -> None:
+        self.refused[model or ""] += 1
+
+    def clear(self) -> None:
+        """Start again from now: the peaks restart from the current totals."""
+        self.peak = {}
+        self.refused = Counter()
+
+    def to_json(self, current: dict[str, int]) -> dict[str, Any]:
+        peak = dict(self.peak)
+        for model, tokens in current.items():
+            peak[model] = max(peak.get(model, 0), tokens)
+        return {"current": current, "peak": peak, "refused": dict(self.refused)}
+
+
 def scaled(seconds: float, settings: Settings) -> float:
     """Real seconds that ``seconds`` of emulated time last under the current time scale."""
     return seconds / settings.time_scale if settings.time_scale > 0 else seconds
@@ -137,6 +181,7 @@ class BatchRunner:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._nudges: dict[str, asyncio.Event] = {}
         self.lines = LineCounts()
+        self.enqueued = EnqueuedTokens()
 
     def resume_all(self) -> None:
         """Pick up every batch a previous server left unfinished."""
@@ -218,40 +263,57 @@ class BatchRunner:
         errors = report.errors
         if not errors and controls.fail_validation:
             errors = [self._forced_error(controls.fail_validation, report.model)]
-        if not errors and self.over_token_limit(report, excluding=batch.id):
-            errors = [self._forced_error("token_limit_exceeded", report.model)]
+        refused = False
 
-        def settle(b: BatchRecord) -> None:
+        def settle(b: BatchRecord, others: int) -> None:
+            # ``others``: the tokens the model's other in-flight batches hold, read in this transaction.
+            nonlocal refused
             if b.status != "validating":
                 return  # cancelled meanwhile: the cancel step takes it from here
             b.model = report.model
+            if not errors and not b.admitted and not self.admits(report, others):
+                refused = True
+                b.status, b.failed_at = "failed", int(time.time())
+                b.errors = [self._forced_error("token_limit_exceeded", report.model)]
+                return
             if errors:
                 b.status, b.failed_at, b.errors = "failed", int(time.time()), errors
                 return
+            if not b.admitted:
+                b.admitted, b.enqueued_tokens = True, report.input_tokens
             b.status, b.in_progress_at = "in_progress", int(time.time())
             b.request_counts.total = report.requests
-            b.enqueued_tokens = report.estimated_tokens
 
-        self.store.update_batch(batch.id, settle)
+        record, total = self.store.admit_batch(batch.id, report.model, settle)
+        if refused:
+            self.enqueued.refuse(report.model)
+        elif record.status in IN_FLIGHT_STATUSES:
+            self.enqueued.saw(record.model, total)
 
     def read_input(self, file_id: str, endpoint: str) -> FileReport:
-        """Validate an input file against ``endpoint`` (in either Azure form, under that dialect)."""
+        """Validate an input file against ``endpoint`` (in either Azure form, under that dialect),
+        counting its input tokens while an enqueued-token limit is set."""
         path = self.store.blob_path(file_id)
+        count = self.settings.counts_tokens()
         if self.dialect == "azure":
             endpoint = canonical_endpoint(endpoint)
-            return validate_input_file(path, endpoint, lambda url, ep: canonical_endpoint(url) == ep)
-        return validate_input_file(path, endpoint)
+            return validate_input_file(
+                path, endpoint, lambda url, ep: canonical_endpoint(url) == ep, count_tokens=count
+            )
+        return validate_input_file(path, endpoint, count_tokens=count)
 
-    def over_token_limit(self, report: FileReport, *, excluding: str = "") -> bool:
-        """Whether the batch ``report`` describes would take its model (Azure: deployment) over
-        ``enqueued_token_limit``, counting the unfinished batches other than ``excluding``."""
-        limit = self.settings.enqueued_token_limit
-        if not limit or not report.model:
-            return False
-        return self.store.enqueued_tokens(report.model, excluding=excluding) + report.estimated_tokens > limit
+    def admits(self, report: FileReport, others: int) -> bool:
+        """The admission rule, the same at create (Azure's fail-fast mode) and in ``validating``:
+        whether the batch ``report`` describes fits its model's (Azure: deployment's) enqueued-token
+        limit next to the ``others`` tokens that the model's in-flight batches hold. A batch of no
+        model, or of a model without a limit, always fits."""
+        if report.model is None:
+            return True
+        limit = self.settings.token_limit(report.model)
+        return not limit or others + report.input_tokens <= limit
 
     def token_limit_message(self, model: str | None) -> str:
-        limit = self.settings.enqueued_token_limit or 2_000_000
+        limit = (self.settings.token_limit(model) if model is not None else 0) or 2_000_000
         if self.dialect == "azure":
             return token_limit_message(model, limit)
         return TOKEN_LIMIT_MESSAGE.format(model=model, limit=limit)

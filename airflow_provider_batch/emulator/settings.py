@@ -69,13 +69,26 @@ class Settings:
     shuffle_output: bool = True
     """Write result lines out of input order, as OpenAI may: clients must join on ``custom_id``."""
     enqueued_token_limit: int = 0
-    """Per-model cap on estimated prompt tokens of unfinished batches; a batch over it fails
+    """Per-model cap on the input tokens of the batches in flight (``validating`` once admitted,
+    ``in_progress``, ``finalizing``), counted with the provider's tokenizer
+    (:mod:`airflow_provider_batch.tokens`); a batch that would take its model over it fails
     validation with ``token_limit_exceeded``, as OpenAI's does. 0 disables the check."""
+    enqueued_token_limits: dict[str, int] = field(default_factory=dict)
+    """The same cap for named models (Azure: deployments), overriding ``enqueued_token_limit``
+    for them; 0 lifts the limit for that model. A change replaces the whole map."""
     faults: FaultSettings = field(default_factory=FaultSettings)
     azure: AzureSettings = field(default_factory=AzureSettings)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def counts_tokens(self) -> bool:
+        """Whether validation counts input tokens: only while some enqueued-token limit is set."""
+        return bool(self.enqueued_token_limit or any(self.enqueued_token_limits.values()))
+
+    def token_limit(self, model: str) -> int:
+        """The enqueued-token limit of ``model``: its own entry, else the global one (0: none)."""
+        return self.enqueued_token_limits.get(model, self.enqueued_token_limit)
 
 
 def apply_changes(target: Any, changes: dict[str, Any]) -> None:
@@ -113,6 +126,8 @@ def _coerce(name: str, old: Any, value: Any, owner: type) -> Any:
         if isinstance(value, str) and value.lower() in {"1", "true", "yes", "0", "false", "no"}:
             return value.lower() in {"1", "true", "yes"}
         raise ValueError(f"setting {name!r} expects a boolean, got {value!r}")
+    if "dict" in str(declared):
+        return _token_limits(name, value)
     if "list" in str(declared):
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
@@ -129,6 +144,28 @@ def _coerce(name: str, old: Any, value: Any, owner: type) -> Any:
     if not isinstance(value, str):
         raise ValueError(f"setting {name!r} expects a string, got {value!r}")
     return value
+
+
+def _token_limits(name: str, value: Any) -> dict[str, int]:
+    """A map of model to non-negative integer: a JSON object, or ``"MODEL=N,MODEL=N"`` (a flag)."""
+    if isinstance(value, str):
+        pairs = [item.rpartition("=") for item in value.split(",") if item.strip()]
+        if any(not sep or not model.strip() for model, sep, _ in pairs):
+            raise ValueError(f"setting {name!r} expects MODEL=N pairs separated by commas, got {value!r}")
+        value = {model.strip(): number.strip() for model, _, number in pairs}
+    if not isinstance(value, dict):
+        raise ValueError(f"setting {name!r} expects an object of model: tokens, got {value!r}")
+    limits: dict[str, int] = {}
+    for model, number in value.items():
+        if isinstance(number, bool) or not isinstance(number, int | str):
+            raise ValueError(f"setting {name!r} expects an integer for {model!r}, got {number!r}")
+        try:
+            limits[model] = int(number)
+        except ValueError:
+            raise ValueError(f"setting {name!r} expects an integer for {model!r}, got {number!r}") from None
+        if limits[model] < 0:
+            raise ValueError(f"setting {name!r} must not be negative for {model!r}, got {number!r}")
+    return limits
 
 
 def _check_faults(faults: FaultSettings) -> None:

@@ -26,6 +26,8 @@ import msgspec
 from airflow_provider_batch.emulator.errors import not_found
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "expired", "cancelled"})
+IN_FLIGHT_STATUSES = ("validating", "in_progress", "finalizing")
+"""The statuses whose batches hold enqueued tokens (in ``validating``, only once admitted)."""
 
 
 class FileRecord(msgspec.Struct, kw_only=True):
@@ -128,6 +130,11 @@ class BatchRecord(msgspec.Struct, kw_only=True):
     output_expires_after: int | None = None
     """Seconds after their creation at which the result files expire, as requested."""
     enqueued_tokens: int = 0
+    """Input tokens the batch holds against its model's enqueued-token limit once admitted, while
+    it is in flight (:data:`IN_FLIGHT_STATUSES`); 0 before admission and when no limit applied."""
+    admitted: bool = False
+    """Whether the batch passed the enqueued-token admission: at create (Azure's fail-fast mode)
+    or at the end of ``validating``."""
     progress: Progress = msgspec.field(default_factory=Progress)
 
     def to_api(self, dialect: str = "openai") -> dict[str, Any]:
@@ -256,12 +263,21 @@ class Store:
 
     # Batches ---------------------------------------------------------------------------------
 
-    def add_batch(self, record: BatchRecord) -> None:
+    def add_batch(
+        self, record: BatchRecord, *, admit: Callable[[BatchRecord, int], None] | None = None
+    ) -> int:
+        """Record a new batch; with ``admit``, first call it with the record and the tokens that the
+        in-flight batches of ``record.model`` hold, in the same transaction, so that no other
+        admission can slip in between; ``admit`` may change the record, or raise to refuse it
+        (nothing is written then). Return the tokens of the model's in-flight batches afterwards."""
         with self._transaction() as db:
+            if admit is not None:
+                admit(record, self._enqueued(db, record.model, excluding=record.id))
             db.execute(
                 "INSERT INTO batches (id, status, record) VALUES (?, ?, ?)",
                 (record.id, record.status, msgspec.json.encode(record)),
             )
+            return self._enqueued(db, record.model, excluding="")
 
     def get_batch(self, batch_id: str) -> BatchRecord:
         with self._lock:
@@ -277,15 +293,32 @@ class Store:
         transaction means neither can overwrite the other's change with a stale copy.
         """
         with self._transaction() as db:
-            row = db.execute("SELECT record FROM batches WHERE id = ?", (batch_id,)).fetchone()
-            if row is None:
-                raise not_found("batch", batch_id, "batch_id")
-            record = msgspec.json.decode(row[0], type=BatchRecord)
-            change(record)
-            db.execute(
-                "UPDATE batches SET status = ?, record = ? WHERE id = ?",
-                (record.status, msgspec.json.encode(record), batch_id),
-            )
+            return self._update(db, batch_id, change)
+
+    def admit_batch(
+        self, batch_id: str, model: str | None, settle: Callable[[BatchRecord, int], None]
+    ) -> tuple[BatchRecord, int]:
+        """:meth:`update_batch` for the enqueued-token admission: ``settle`` gets the record and the
+        tokens that the other in-flight batches of ``model`` hold, read in the same transaction, so
+        two admissions can never both see room that only one of them fits in. Return the new record
+        and the tokens of the model's in-flight batches afterwards (the record's own included)."""
+        with self._transaction() as db:
+            others = self._enqueued(db, model, excluding=batch_id)
+            record = self._update(db, batch_id, lambda b: settle(b, others))
+            return record, self._enqueued(db, model, excluding="")
+
+    def _update(
+        self, db: sqlite3.Connection, batch_id: str, change: Callable[[BatchRecord], None]
+    ) -> BatchRecord:
+        row = db.execute("SELECT record FROM batches WHERE id = ?", (batch_id,)).fetchone()
+        if row is None:
+            raise not_found("batch", batch_id, "batch_id")
+        record = msgspec.json.decode(row[0], type=BatchRecord)
+        change(record)
+        db.execute(
+            "UPDATE batches SET status = ?, record = ? WHERE id = ?",
+            (record.status, msgspec.json.encode(record), batch_id),
+        )
         return record
 
     def list_batches(self, *, after: str | None, limit: int) -> Page:
@@ -300,13 +333,34 @@ class Store:
             ).fetchall()
         return [msgspec.json.decode(row[0], type=BatchRecord) for row in rows]
 
-    def enqueued_tokens(self, model: str, excluding: str) -> int:
-        """Estimated prompt tokens of the unfinished batches for ``model``, other than ``excluding``."""
+    def enqueued_tokens(self) -> dict[str, int]:
+        """The tokens that in-flight batches hold, per model (models holding none are left out)."""
+        with self._lock:
+            totals: dict[str, int] = {}
+            for batch in self._in_flight(self._db):
+                if batch.model is not None and batch.enqueued_tokens:
+                    totals[batch.model] = totals.get(batch.model, 0) + batch.enqueued_tokens
+            return totals
+
+    def _enqueued(self, db: sqlite3.Connection, model: str | None, *, excluding: str) -> int:
+        """The tokens that the in-flight batches of ``model`` other than ``excluding`` hold."""
+        if model is None:
+            return 0
         return sum(
             batch.enqueued_tokens
-            for batch in self.unfinished_batches()
-            if batch.model == model and batch.id != excluding and batch.status != "validating"
+            for batch in self._in_flight(db)
+            if batch.model == model and batch.id != excluding
         )
+
+    @staticmethod
+    def _in_flight(db: sqlite3.Connection) -> list[BatchRecord]:
+        """Admitted batches in :data:`IN_FLIGHT_STATUSES`; the caller holds the lock."""
+        placeholders = ",".join("?" * len(IN_FLIGHT_STATUSES))
+        rows = db.execute(
+            f"SELECT record FROM batches WHERE status IN ({placeholders})", IN_FLIGHT_STATUSES
+        ).fetchall()
+        batches = (msgspec.json.decode(row[0], type=BatchRecord) for row in rows)
+        return [batch for batch in batches if batch.admitted or batch.status != "validating"]
 
     # Pagination ------------------------------------------------------------------------------
 

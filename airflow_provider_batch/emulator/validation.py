@@ -29,6 +29,7 @@ from airflow_provider_batch.limits import (
     MAX_REQUESTS,
     MIN_EXPIRES_AFTER_SECONDS,
 )
+from airflow_provider_batch.tokens import estimate_request
 
 # OpenAI's limits are the provider's single source (the emulator may import the provider's pure
 # modules; the provider never imports the emulator).
@@ -189,7 +190,8 @@ class FileReport:
     errors: list[dict[str, Any]] = field(default_factory=list)
     requests: int = 0
     model: str | None = None
-    estimated_tokens: int = 0
+    input_tokens: int = 0
+    """The input tokens of the requests (:func:`request_tokens`), when the pass counted them."""
 
     def add(self, code: str, message: str, *, line: int | None, param: str | None = None) -> None:
         if len(self.errors) < MAX_REPORTED_ERRORS:
@@ -201,12 +203,18 @@ class FileReport:
 
 
 def validate_input_file(
-    path: Path, endpoint: str, same_endpoint: Callable[[str, str], bool] = operator.eq
+    path: Path,
+    endpoint: str,
+    same_endpoint: Callable[[str, str], bool] = operator.eq,
+    *,
+    count_tokens: bool = False,
 ) -> FileReport:
     """Validate a batch input file in one streaming pass, as OpenAI does after ``POST /batches``.
 
     ``same_endpoint(url, endpoint)`` decides ``url_mismatch``: equality for OpenAI; Azure also
-    matches ``/chat/completions`` with ``/v1/chat/completions``."""
+    matches ``/chat/completions`` with ``/v1/chat/completions``. With ``count_tokens``, the same
+    pass adds up the input tokens of the requests (``report.input_tokens``), for the enqueued-token
+    limit; counting costs the tokenizer's time, so it is done only while a limit is set."""
     report = FileReport()
     seen: dict[str, int] = {}
     embedding_inputs = 0
@@ -250,7 +258,8 @@ def validate_input_file(
                         line=number,
                         param="body.model",
                     )
-            report.estimated_tokens += len(raw) // 4
+            if count_tokens:
+                report.input_tokens += request_tokens(endpoint, body)
             if endpoint == "/v1/embeddings":
                 embedding_inputs += count_embedding_inputs(body.get("input"))
     if report.requests == 0:
@@ -313,6 +322,13 @@ def _check_line(
             param="url",
         )
     return line["custom_id"], line["body"]
+
+
+def request_tokens(endpoint: str, body: dict[str, Any]) -> int:
+    """The input tokens one request enqueues: the provider's own offline estimate
+    (:func:`airflow_provider_batch.tokens.estimate_request`), so that the emulator's limit counts
+    exactly what a job's budget counts before it submits."""
+    return estimate_request(endpoint, body).input
 
 
 def count_embedding_inputs(value: Any) -> int:

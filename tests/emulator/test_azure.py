@@ -7,7 +7,6 @@ Clients are the official SDK's: ``AzureOpenAI`` on the classic routes, ``OpenAI`
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -21,6 +20,7 @@ import openai
 import pytest
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
+from airflow_provider_batch.tokens import estimate_request
 from tests.emulator.helpers import (
     assert_azure_error,
     chat_line,
@@ -42,8 +42,8 @@ AZURE = ("--dialect", "azure")
 VERSION = "api-version=2024-10-21"
 DEPLOYMENT = "my-gpt-4o-mini-batch"
 KEY = "azure-key-0123456789"
-TOKENS_PER_LINE = len(json.dumps(chat_line("req-0", "question 0"))) // 4
-"""The emulator's estimate of a line's prompt tokens (a quarter of its bytes)."""
+TOKENS_PER_LINE = estimate_request("/v1/chat/completions", chat_line("req-0", "question 0")["body"]).input
+"""The emulator's count of a line's input tokens: the provider's own estimate."""
 
 
 def processed(client: openai.OpenAI, file_id: str) -> None:

@@ -43,6 +43,8 @@ def test_help() -> None:
         "--file-processing-delay",
         "--max-files-without-expiry",
         "--token-limit-fail-fast",
+        "--enqueued-token-limit",
+        "--enqueued-token-limits",
     ):
         assert flag in result.stdout
     assert "BATCH_EMULATOR_<FLAG>" in result.stdout

@@ -265,7 +265,13 @@ def test_stats_count_per_route_and_reset(make_emulator) -> None:
     assert stats["requests"] == {"POST /v1/files": 1, "GET /v1/files/{id}": 2, "GET /v1/nowhere": 1}
     assert stats["total_requests"] == 4
     cleared = server.reset_stats()
-    assert cleared == {"requests": {}, "faults": {}, "total_requests": 0, "total_faults": 0}
+    assert cleared == {
+        "requests": {},
+        "faults": {},
+        "total_requests": 0,
+        "total_faults": 0,
+        "enqueued_tokens": {"current": {}, "peak": {}, "refused": {}},
+    }
 
 
 def test_bad_settings_are_rejected_and_nothing_changes(make_emulator) -> None:

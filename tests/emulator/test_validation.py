@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
+from airflow_provider_batch.tokens import estimate_request
 from tests.emulator.helpers import (
     CHAT,
     MODEL,
@@ -300,13 +301,14 @@ def test_other_codes_can_be_forced_by_metadata(emulator: EmulatorProcess) -> Non
 def test_enqueued_token_limit(make_emulator) -> None:
     """``--enqueued-token-limit``: unfinished batches of a model count against the quota."""
     client = sdk(make_emulator("--enqueued-token-limit", "100"))
-    line = chat_line("a", "x" * 150)
-    tokens = len(json.dumps(line)) // 4  # the emulator's estimate: a quarter of the line's bytes
-    assert 50 < tokens <= 100
+    text = "lorem ipsum dolor sit amet " * 10
+    line = chat_line("a", text)
+    tokens = estimate_request(CHAT, line["body"]).input  # the provider's own estimate
+    assert 50 < tokens <= 100  # (tests/emulator/test_enqueued_tokens.py has the rest)
 
     # Alone, one line fits; two do not.
     message = TOKEN_LIMIT_MESSAGE.format(model=MODEL, limit="100")
-    failed = run_batch(client, [line, chat_line("b", "x" * 150)])
+    failed = run_batch(client, [line, chat_line("b", text)])
     _assert_failed(
         failed, [{"code": "token_limit_exceeded", "line": None, "param": None, "message": message}]
     )
@@ -319,7 +321,7 @@ def test_enqueued_token_limit(make_emulator) -> None:
         [{"code": "token_limit_exceeded", "line": None, "param": None, "message": message}],
     )
     # ...but another model has its own quota.
-    assert run_batch(client, [chat_line("c", "x" * 150, model="gpt-4o")]).status == "completed"
+    assert run_batch(client, [chat_line("c", text, model="gpt-4o")]).status == "completed"
     # Once the slow batch is done, its tokens are released.
     assert wait_for_status(client, slow.id).status == "completed"
     assert run_batch(client, [line]).status == "completed"
