@@ -55,6 +55,8 @@ needs_airflow_3_3_dag_test = pytest.mark.skipif(
 )
 
 LANDED_KEYS = {"results_uri", "results_summary"}
+COST_KEYS = {"cost_estimate", "cost"}
+"""The operator's own keys (it counts the tokens before upload); a sensor only waits."""
 LINK_XCOM = "_link_OpenAIBatchLink"
 TRIGGER_LOGGER = "airflow_provider_batch.triggers.batch.OpenAIBatchTrigger"
 HAS_TASK_STATE_STORE = importlib.util.find_spec("airflow.models.task_state_store") is not None
@@ -106,7 +108,8 @@ def test_deferred_operator_sensor_and_downstream_consumer(
     submitted = xcoms_of(run.run_id, "submit")
     manifest = submitted["return_value"]
     batch_id = manifest["batch_id"]
-    assert set(manifest) == MANIFEST_KEYS | LANDED_KEYS
+    assert set(manifest) == MANIFEST_KEYS | LANDED_KEYS | COST_KEYS
+    assert manifest["cost"]["total"] > 0
     assert manifest["status"] == "completed"
     assert manifest["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
     assert manifest["endpoint"] == "/v1/chat/completions"
@@ -144,7 +147,7 @@ def test_deferred_operator_sensor_and_downstream_consumer(
 
     # wait_for_completion=False returned at once; the deferrable sensor waited and landed results.
     only = xcoms_of(run.run_id, "submit_only")
-    assert set(only["return_value"]) == MANIFEST_KEYS
+    assert set(only["return_value"]) == MANIFEST_KEYS | COST_KEYS
     assert only["return_value"]["status"] not in {"completed", "failed", "expired", "cancelled"}
     sensed = xcoms_of(run.run_id, "wait")
     assert sensed["return_value"]["batch_id"] == only["batch_id"]
