@@ -30,8 +30,11 @@ REASON_TO_STATUS = {
     "timeout": "timeout",
     "polling_error": "error",
     "round_ended": "success",
+    "room": "success",
 }
 """``round_ended``: every batch of a job's round reached a terminal state (each says which)."""
+ROOM_WAIT_ID = "none-in-flight"
+"""The ``batch_id`` of a wait for room that watched no batch (nothing of the model was in flight)."""
 MAX_EVENT_ERRORS = 20
 """``errors.data`` entries an event carries: a failed batch may list thousands of bad lines, and
 the event is stored in the metadata database."""
@@ -74,7 +77,7 @@ def build_round_event(
         "schema_version": EVENT_SCHEMA_VERSION,
         "status": REASON_TO_STATUS[decision.reason],
         "termination_reason": decision.reason,
-        "batch_id": batch_ids[0],
+        "batch_id": batch_ids[0] if batch_ids else ROOM_WAIT_ID,
         "message": decision.message,
         "batch": None,
         "batches": batches,
@@ -117,9 +120,7 @@ def validate_event(event: Any) -> dict[str, Any]:
         raise OpenAIBatchTriggerEventError("The trigger event's batch is not an object.")
     batches = event.get("batches")
     if batches is not None and not (
-        isinstance(batches, list)
-        and batches
-        and all(isinstance(b, dict) and b.get("batch_id") for b in batches)
+        isinstance(batches, list) and all(isinstance(b, dict) and b.get("batch_id") for b in batches)
     ):
         raise OpenAIBatchTriggerEventError("The trigger event's batches are not a list of batch objects.")
     if not isinstance(event.get("job"), dict | None):

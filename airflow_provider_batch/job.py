@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from airflow_provider_batch.budget import refused_for_tokens
 from airflow_provider_batch.rounds import RoundPlan, Verdict
 from airflow_provider_batch.shards import ShardLimits
 from airflow_provider_batch.status import BatchSnapshot, BatchStatus, classify_completion
@@ -123,15 +124,28 @@ class JobRound:
     number: int
     batches: tuple[JobBatch, ...]
     outcome: RoundOutcome | None = None
+    planned: int | None = None
+    """Shards the round's input was cut into, when the budget let fewer be submitted so far."""
 
     @property
     def requests(self) -> int:
         return sum(batch.lines for batch in self.batches)
 
     @property
+    def complete(self) -> bool:
+        """Every shard of the round has its batch."""
+        return self.planned is None or len(self.batches) >= self.planned
+
+    @property
+    def needs_submission(self) -> bool:
+        """A shard still to submit: not yet (no room under the budget), or again (its batch was refused
+        for the model's enqueued-token limit, which bills nothing)."""
+        return not self.complete or any(refused_for_tokens(batch.batch) for batch in self.batches)
+
+    @property
     def ended(self) -> bool:
-        """Every batch reached a terminal status: the round's lines have their verdicts."""
-        return all(batch.batch.is_terminal for batch in self.batches)
+        """Every shard's batch reached a terminal status: the round's lines have their verdicts."""
+        return self.complete and all(batch.batch.is_terminal for batch in self.batches)
 
     def with_status(self, *statuses: BatchStatus) -> list[BatchSnapshot]:
         return [batch.batch for batch in self.batches if batch.batch.known_status in statuses]
@@ -158,15 +172,18 @@ class JobRound:
             "round": self.number,
             "batches": [batch.to_dict() for batch in self.batches],
             "outcome": self.outcome.to_dict() if self.outcome is not None else None,
+            "planned": self.planned,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobRound:
         outcome = data.get("outcome")
+        planned = data.get("planned")
         return cls(
             int(data["round"]),
             tuple(JobBatch.from_dict(batch) for batch in data["batches"]),
             RoundOutcome.from_dict(outcome) if outcome else None,
+            None if planned is None else int(planned),
         )
 
 
@@ -186,6 +203,8 @@ class JobState:
     rounds: tuple[JobRound, ...] = ()
     cost_estimate: Mapping[str, Any] | None = None
     """The estimate made before upload (:func:`~.cost.checked_estimate`), for the manifest."""
+    model: str | None = None
+    """The model of the job's requests: whose enqueued tokens its budget counts."""
 
     @property
     def current(self) -> JobRound:
@@ -255,6 +274,7 @@ class JobState:
             "end_time": self.end_time,
             "rounds": [job_round.to_dict() for job_round in self.rounds],
             "cost_estimate": dict(self.cost_estimate) if self.cost_estimate is not None else None,
+            "model": self.model,
         }
 
     @classmethod
@@ -271,6 +291,7 @@ class JobState:
             float(data["end_time"]),
             tuple(JobRound.from_dict(r) for r in data["rounds"]),
             data.get("cost_estimate"),
+            data.get("model"),
         )
 
 
@@ -330,7 +351,10 @@ def ending(state: JobState, *, wait_reason: str | None = None) -> Ending | None:
     current = state.current
     if wait_reason in ("timeout", "polling_error"):
         unfinished = [b.batch for b in current.batches if not b.batch.is_terminal]
-        return Ending(wait_reason, (unfinished or [current.batches[0].batch])[0])
+        named = unfinished or [b.batch for b in current.batches] or [b.batch for b in state.batches()]
+        return Ending(
+            wait_reason, named[0] if named else BatchSnapshot(batch_id="(none submitted)", status="")
+        )
     for status in (BatchStatus.FAILED, BatchStatus.CANCELLED):
         if matching := current.with_status(status):
             return Ending(str(status), matching[0])
@@ -383,7 +407,7 @@ def job_manifest(
         "batch_ids": [b.batch.batch_id for b in batches],
         "request_counts": state.totals(),
         "usage": sum_usage([b.batch.usage for b in batches]),
-        "shards": len(state.rounds[0].batches),
+        "shards": state.rounds[0].planned or len(state.rounds[0].batches),
         "max_rounds": max_rounds,
         "rounds": [
             {

@@ -40,9 +40,13 @@ IN_PROGRESS = frozenset(
 )
 TERMINAL = frozenset({BatchStatus.COMPLETED, BatchStatus.FAILED, BatchStatus.EXPIRED, BatchStatus.CANCELLED})
 
-Reason = Literal["completed", "failed", "expired", "cancelled", "timeout", "polling_error", "round_ended"]
+Reason = Literal[
+    "completed", "failed", "expired", "cancelled", "timeout", "polling_error", "round_ended", "room"
+]
 """Why a wait ended. ``round_ended`` ends the wait for a job's round of batches
-(:mod:`~airflow_provider_batch.watch`): each batch ended, each for its own terminal reason."""
+(:mod:`~airflow_provider_batch.watch`): each batch ended, each for its own terminal reason. ``room``
+ends a job's wait for room under its enqueued-token budget: a batch in flight ended, or it is time to
+look again."""
 TERMINAL_REASON: dict[BatchStatus, Reason] = {
     BatchStatus.COMPLETED: "completed",
     BatchStatus.FAILED: "failed",

@@ -92,6 +92,10 @@ class RoundWait:
     :param batch_ids: the round's batches, distinct, in the order the event lists them.
     :param end_time: absolute deadline, unix seconds.
     :param round_number: the job's round, 1 for the first submission; for the progress line.
+    :param until_any: wait for room instead: done (``room``) as soon as any batch is seen ended, or at
+        ``wake_at``; the batches are those in flight for the model a job waits to submit to.
+    :param wake_at: with ``until_any``, when to stop waiting anyway (unix seconds): room may also free
+        up in batches nobody watches. The batch list may then be empty.
     """
 
     batch_ids: Sequence[str]
@@ -109,10 +113,14 @@ class RoundWait:
     progress_at: tuple[float, int] | None = None
     """(time, lines done) at the latest look."""
     unknown_reported: set[str] = field(default_factory=set)
+    until_any: bool = False
+    wake_at: float | None = None
 
     def __post_init__(self) -> None:
         self.batch_ids = tuple(self.batch_ids)
-        if not self.batch_ids:
+        if self.until_any != (self.wake_at is not None):
+            raise ValueError("a wait for room (until_any) needs wake_at, and only it")
+        if not self.batch_ids and not self.until_any:
             raise ValueError("a round needs at least one batch")
         if len(set(self.batch_ids)) != len(self.batch_ids):
             raise ValueError("a round's batch ids must be distinct")
@@ -132,6 +140,8 @@ class RoundWait:
             self.started = now
         seconds = self.schedule.interval(self.polls)
         self.polls += 1
+        if self.wake_at is not None:
+            seconds = min(seconds, self.wake_at - now)
         return max(0.0, min(seconds, self.end_time - now))
 
     def observation_budget(self, now: float) -> float:
@@ -188,7 +198,13 @@ class RoundWait:
         return Step(decision, progress, "\n".join(warnings) or None, pause or 0.0)
 
     def _decide(self, failed: Mapping[str, PollFailure], now: float) -> Decision:
-        if all(self._ended(batch_id) for batch_id in self.batch_ids):
+        if self.until_any and self.wake_at is not None:
+            ended = [batch_id for batch_id in self.batch_ids if self._ended(batch_id)]
+            # A failed look ends a wait for room too: the job looks at the budget again itself.
+            if ended or failed or now >= min(self.wake_at, self.end_time):
+                why = f"batch {ended[0]} ended" if ended else "time to look again"
+                return Decision(True, 0, "room", f"Waiting for room: {why}.")
+        elif all(self._ended(batch_id) for batch_id in self.batch_ids):
             return Decision(
                 True,
                 0,

@@ -614,6 +614,16 @@ class OpenAIBatchHook(BaseHook):
         """The newest batch whose ``metadata[key] == value`` (see :meth:`find_batches_by_metadata`)."""
         return self._find_by_metadata(key, {value}, created_after, max_batches).get(value)
 
+    def recent_batches(self, *, created_after: float) -> list[BatchSnapshot]:
+        """Every batch created after ``created_after`` (unix seconds), newest first: one walk over the
+        listing, as an enqueued-token budget reads what is in flight."""
+        recent = []
+        for batch in self.list_batches():
+            if batch.created_at < created_after:
+                break
+            recent.append(snapshot_of(batch))
+        return recent
+
     def find_batches_by_metadata(
         self,
         key: str,
@@ -756,8 +766,10 @@ class OpenAIBatchHook(BaseHook):
         max_consecutive_failures: int = 5,
         round_number: int = 1,
         created_after: float | None = None,
+        wake_at: float | None = None,
     ) -> dict[str, Any]:
-        """Wait for a job's round of batches until every one ended or ``end_time`` passed; return
+        """Wait for a job's round of batches until every one ended or ``end_time`` passed (with
+        ``wake_at``, wait for room instead: see :class:`~airflow_provider_batch.watch.RoundWait`); return
         the event payload :class:`~airflow_provider_batch.triggers.job.OpenAIBatchJobTrigger` would
         yield (:func:`~airflow_provider_batch.events.build_round_event`), so the deferrable and the
         synchronous paths finish through the same code. Each look costs :meth:`poll_batches`'s
@@ -771,6 +783,8 @@ class OpenAIBatchHook(BaseHook):
             schedule or PollSchedule(),
             max_consecutive_failures,
             round_number=round_number,
+            until_any=wake_at is not None,
+            wake_at=wake_at,
         )
         decision = self._wait_until_done(
             wait, lambda: self.poll_batches(wait.unfinished(), created_after=created_after)

@@ -36,6 +36,7 @@ batch ends the job: no further round.
 from __future__ import annotations
 
 import os
+import random
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -47,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import conf  # airflow.sdk.conf only exists from 3.2
 from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
 
-from airflow_provider_batch import cost
+from airflow_provider_batch import budget, cost
 from airflow_provider_batch import requests as batch_requests
 from airflow_provider_batch.completion import (
     XCOM_BATCH_ID,
@@ -56,7 +57,7 @@ from airflow_provider_batch.completion import (
     finish_batch,
     manifest,
 )
-from airflow_provider_batch.events import build_event, snapshots_from_event, validate_event
+from airflow_provider_batch.events import build_event, build_round_event, snapshots_from_event, validate_event
 from airflow_provider_batch.exceptions import OpenAIBatchConfigError, OpenAIBatchPartialFailure, ending_error
 from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY, OpenAIBatchHook, snapshot_of
 from airflow_provider_batch.identity import (
@@ -87,7 +88,14 @@ from airflow_provider_batch.pricing import PriceTable
 from airflow_provider_batch.round_files import fetch_round
 from airflow_provider_batch.rounds import close_round
 from airflow_provider_batch.shards import ShardLimits, ShardPlan, split_batch_file
-from airflow_provider_batch.status import BatchSnapshot, BatchStatus, PollSchedule, decide
+from airflow_provider_batch.status import (
+    BatchSnapshot,
+    BatchStatus,
+    Decision,
+    PollSchedule,
+    decide,
+    format_utc,
+)
 from airflow_provider_batch.triggers.batch import OpenAIBatchTrigger
 from airflow_provider_batch.triggers.job import OpenAIBatchJobTrigger
 
@@ -95,7 +103,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 DEFER_METHOD_NAME = "execute_complete"
-USER_METADATA_PAIRS = MAX_METADATA_PAIRS - len(AIRFLOW_METADATA_KEYS) - 1  # and the idempotency key
+USER_METADATA_PAIRS = MAX_METADATA_PAIRS - len(AIRFLOW_METADATA_KEYS) - 2  # the key and the tokens
 ROUND_TIMEOUT = timedelta(hours=25)
 """The 24 h window plus finalizing time, so OpenAI's own ``expired`` (with partial output) normally
 arrives before our timeout does; the default timeout is this much per allowed round."""
@@ -122,8 +130,8 @@ class OpenAIBatchOperator(BaseOperator):
     :param endpoint: the batch endpoint, e.g. ``/v1/chat/completions`` or ``/v1/embeddings``.
     :param conn_id: an ``openai_batch`` (or ``openai``) connection.
     :param completion_window: only ``24h`` is accepted by OpenAI today.
-    :param metadata: up to 11 pairs of your own; the operator adds the task identity and the
-        idempotency key (16 pairs in all).
+    :param metadata: up to 10 pairs of your own; the operator adds the task identity, the idempotency
+        key and the estimated input tokens (16 pairs in all).
     :param input_expires_after: seconds after which an input file uploaded by the operator expires
         (keep it longer than the job when ``max_rounds`` > 1: closing a round reads the input back).
     :param output_expires_after: seconds after which the output and error files expire.
@@ -139,6 +147,13 @@ class OpenAIBatchOperator(BaseOperator):
         for prices that are batch prices already), on top of the shipped table and the connection's
         extra ``prices``: negotiated prices, Azure deployment names, compatible servers.
     :param allow_unpriced: with ``max_cost``, run a model that has no price instead of refusing it.
+    :param max_enqueued_tokens: the most input tokens of one model in flight at once (batches
+        validating, in progress or finalizing), for every task that uses the connection, on every
+        worker: a number for every model, or ``{model: tokens}``. Default: the connection's extra
+        ``max_enqueued_tokens``, else none. A shard that does not fit waits, deferred, until room frees
+        up; a shard larger than the budget is refused before upload. Whatever the budget, a batch the
+        API refuses with ``token_limit_exceeded`` is submitted again once room frees up, before the
+        deadline, without a task retry.
     :param max_rounds: rounds of batches a job may run. After a round, the lines without a success that
         another attempt can fix (lines an expired batch never ran, 429 and 5xx failures) are submitted
         again, and only those; a success or a 4xx failure is never paid for twice. ``1`` runs the input
@@ -195,6 +210,7 @@ class OpenAIBatchOperator(BaseOperator):
         max_cost: float | None = None,
         prices: dict[str, dict[str, Any]] | None = None,
         allow_unpriced: bool = False,
+        max_enqueued_tokens: int | dict[str, int] | None = None,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         wait_for_completion: bool = True,
         poll_interval: float = 30.0,
@@ -247,6 +263,7 @@ class OpenAIBatchOperator(BaseOperator):
                 " tokens; an input_file_id is not read before it is submitted"
             )
         cost.price_table(prices)  # a typo in a price fails the DAG's import, not a run
+        budget.check_budget(max_enqueued_tokens, self.task_id)
         if isinstance(endpoint, str) and "{{" not in endpoint and (problem := endpoint_problem(endpoint)):
             raise ValueError(f"{self.task_id}: {problem}")  # a literal typo fails the DAG's import
         self.endpoint = endpoint
@@ -264,6 +281,7 @@ class OpenAIBatchOperator(BaseOperator):
         self.max_cost = max_cost
         self.prices = prices
         self.allow_unpriced = allow_unpriced
+        self.max_enqueued_tokens = max_enqueued_tokens
         self.deferrable = deferrable
         self.wait_for_completion = wait_for_completion
         self.poll_interval = poll_interval
@@ -294,6 +312,22 @@ class OpenAIBatchOperator(BaseOperator):
         return self._price_table
 
     @property
+    def token_budget(self) -> budget.Budget | None:
+        """The enqueued-token budget: the task's ``max_enqueued_tokens``, else the connection's."""
+        if self.max_enqueued_tokens is not None:
+            return budget.check_budget(self.max_enqueued_tokens, self.task_id)
+        try:
+            return budget.check_budget(self.hook.connection_extra("max_enqueued_tokens"), self.conn_id)
+        except ValueError as error:
+            raise OpenAIBatchConfigError(f"connection {error}") from None
+
+    def _in_flight(self, model: str | None) -> budget.Enqueued:
+        """What the listing shows in flight for ``model``, on every worker and run."""
+        with self.hook.explaining("Reading the batches in flight"):
+            recent = self.hook.recent_batches(created_after=time.time() - budget.LOOKBACK)
+        return budget.enqueued(recent, model)
+
+    @property
     def limits(self) -> ShardLimits:
         return ShardLimits.from_batch_caps(self.max_requests_per_batch, self.max_bytes_per_batch)
 
@@ -311,10 +345,10 @@ class OpenAIBatchOperator(BaseOperator):
             key = submission_key(context, self.endpoint, input_fingerprint(source, self.input_file_id))
             plan = self._plan(source, Path(workdir)) if source is not None else None
             estimate = self._estimate(plan, prices) if plan is not None else None
-            if plan is None or not plan.split:
+            if plan is None or not (plan.split or budget.limit_for(self.token_budget, plan.model)):
                 state = replace(self._start_single(context, key, source, plan), cost_estimate=estimate)
-            else:
-                started = JobState(key, split=True, end_time=0.0, cost_estimate=estimate)
+            else:  # several shards, or one under a budget: submitted as a job's round
+                started = JobState(key, split=plan.split, end_time=0.0, cost_estimate=estimate)
                 state = self._submit_round(context, started, 1, plan)
         return self._advance(context, state)
 
@@ -341,13 +375,34 @@ class OpenAIBatchOperator(BaseOperator):
     def _advance(
         self, context: Context, state: JobState, wait_event: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Wait for the current round, close it, submit the next one, until the job ends."""
+        """Wait for the current round, close it, submit the next one, until the job ends; while the
+        round misses shards (no room under the enqueued-token budget, or refused by the API for it),
+        wait for room and submit them first."""
         while True:
+            current = state.current
+            if current.needs_submission and self.wait_for_completion:
+                reason = wait_event["termination_reason"] if wait_event else None
+                if reason in WAIT_ENDINGS:
+                    return self._finish(context, state, wait_event)
+                if time.time() >= state.end_time and not current.ended:
+                    late = Decision(True, 0, "timeout", "The deadline passed before every shard had room.")
+                    ids = [b.batch.batch_id for b in current.batches]
+                    event = build_round_event(late, ids, {b.batch.batch_id: b.batch for b in current.batches})
+                    return self._finish(context, state, event)
+                if time.time() < state.end_time:
+                    if reason != "room":
+                        wait_event = self._wait_for_room(state)  # defers, or waits here
+                        continue
+                    state, wait_event = self._refill(context, state), None
+                    continue
+            if wait_event is not None and wait_event["termination_reason"] == "room":
+                wait_event = None
             if wait_event is None and not state.current.ended:
                 if not self.wait_for_completion:
                     return self._submitted(state)
                 wait_event = self._wait(state)  # defers, or polls here
                 state = state.observed(snapshots_from_event(wait_event))
+                continue  # a batch refused for the token limit sends the job back to submitting
             if wait_event is not None and wait_event["termination_reason"] in WAIT_ENDINGS:
                 return self._finish(context, state, wait_event)
             wait_event = None
@@ -359,9 +414,7 @@ class OpenAIBatchOperator(BaseOperator):
                     state, next_input = self._close_round(state, Path(workdir))
                     stop = stop_reason(state, max_rounds=self.max_rounds, now=time.time())
                     if stop is None:
-                        plan = split_batch_file(
-                            next_input, Path(workdir) / "next", endpoint=self.endpoint, limits=self.limits
-                        )
+                        plan = self._plan(next_input, Path(workdir))
                         state = self._submit_round(context, state, state.current.number + 1, plan)
                         continue
             self.log.info("The job runs no further round: %s", str(stop).replace("_", " "))
@@ -395,15 +448,7 @@ class OpenAIBatchOperator(BaseOperator):
         created_after = min((batch.created_at or 0) for batch in unfinished) or None
         if self.deferrable:
             trigger: OpenAIBatchTrigger | OpenAIBatchJobTrigger
-            common: dict[str, Any] = {
-                "conn_id": self.conn_id,
-                "end_time": state.end_time,
-                "poll_interval": self.poll_interval,
-                "max_poll_interval": self.max_poll_interval,
-                "max_consecutive_failures": self.max_consecutive_failures,
-                "cancel_on_kill": self.cancel_on_kill,
-                "job": state.to_dict(),
-            }
+            common = self._trigger_arguments(state)
             if len(ids) == 1:
                 trigger = OpenAIBatchTrigger(batch_id=ids[0], **common)
             else:
@@ -429,40 +474,122 @@ class OpenAIBatchOperator(BaseOperator):
             created_after=created_after,
         )
 
+    def _trigger_arguments(self, state: JobState) -> dict[str, Any]:
+        """What every trigger of the job is given: plain JSON, a ``conn_id`` and never a key."""
+        return {
+            "conn_id": self.conn_id,
+            "end_time": state.end_time,
+            "poll_interval": self.poll_interval,
+            "max_poll_interval": self.max_poll_interval,
+            "max_consecutive_failures": self.max_consecutive_failures,
+            "cancel_on_kill": self.cancel_on_kill,
+            "job": state.to_dict(),
+        }
+
+    def _wait_for_room(self, state: JobState) -> dict[str, Any]:
+        """Wait until a batch of the model in flight ends (room may have freed up under the enqueued
+        tokens), or a while at most: defer (this raises), or wait on the worker. The ``room`` event
+        sends the job back to submitting what is missing."""
+        in_flight = self._in_flight(state.model)
+        wake_at = min(
+            time.time() + budget.recheck_delay(self.max_poll_interval, random.random()), state.end_time
+        )
+        self.log.info(
+            "Waiting for room under the enqueued tokens of %s: %s tokens in flight in %d batch(es) (%d of"
+            " them of unknown size); looking again when one ends, or at %s",
+            state.model,
+            f"{in_flight.tokens:,}",
+            len(in_flight.batch_ids),
+            in_flight.untagged,
+            format_utc(wake_at),
+        )
+        ids = list(in_flight.batch_ids)
+        if self.deferrable:
+            trigger = OpenAIBatchJobTrigger(
+                batch_ids=ids,
+                wake_at=wake_at,
+                round_number=state.current.number,
+                **self._trigger_arguments(state),
+            )
+            self.defer(trigger=trigger, method_name=DEFER_METHOD_NAME, timeout=trigger.defer_timeout())
+        return self.hook.wait_for_batches(
+            ids,
+            end_time=state.end_time,
+            schedule=PollSchedule(initial=self.poll_interval, maximum=self.max_poll_interval),
+            max_consecutive_failures=self.max_consecutive_failures,
+            round_number=state.current.number,
+            wake_at=wake_at,
+        )
+
+    def _refill(self, context: Context, state: JobState) -> JobState:
+        """Submit what the current round misses (no room before, or refused for the model's enqueued
+        tokens): its shards are cut again, the same way, and :meth:`_submit_round` re-attaches what
+        exists and creates the rest."""
+        number = state.current.number
+        with tempfile.TemporaryDirectory(prefix="openai-batch-refill-") as workdir:
+            if number > 1:
+                _, resubmit = self._close(state.rounds[-2], Path(workdir))
+                plan = self._plan(resubmit, Path(workdir))
+            elif (source := self._input_source(Path(workdir))) is not None:
+                plan = self._plan(source, Path(workdir))
+            else:  # an input_file_id: its one batch, created again
+                batch = self._create(context, None, state.submission_key, self.input_file_id)
+                return state.with_round(JobRound(1, (JobBatch(1, None, state.submission_key, batch),)))
+            return self._submit_round(context, state, number, plan)
+
     def _close_round(self, state: JobState, workdir: Path) -> tuple[JobState, Path]:
         """Classify the ended round's lines from its files, and write the lines to resubmit."""
-        current = state.current
-        self.log.info("Round %d has ended; reading its results to find the lines to resubmit", current.number)
-        next_input = workdir / "resubmit.jsonl"
-        with self.hook.explaining(f"Reading the files of round {current.number}"):
-            input_file, batches = fetch_round(self.hook, current, workdir)
+        outcome, next_input = self._close(state.current, workdir)
+        return state.with_round(replace(state.current, outcome=outcome)), next_input
+
+    def _close(self, job_round: JobRound, workdir: Path) -> tuple[RoundOutcome, Path]:
+        """A round's verdicts, from its files, and the file of its lines to resubmit."""
+        self.log.info(
+            "Round %d has ended; reading its results to find the lines to resubmit", job_round.number
+        )
+        next_input = workdir / f"resubmit-{job_round.number:03d}.jsonl"
+        with self.hook.explaining(f"Reading the files of round {job_round.number}"):
+            input_file, batches = fetch_round(self.hook, job_round, workdir)
         plan = close_round(
-            round_number=current.number, input_file=input_file, batches=batches, next_input=next_input
+            round_number=job_round.number, input_file=input_file, batches=batches, next_input=next_input
         )
         outcome = RoundOutcome.from_plan(plan)
         self.log.info(
             "Round %d: %s succeeded, %s worth another attempt %s, %s failed for good %s",
-            current.number,
+            job_round.number,
             f"{outcome.succeeded:,}",
             f"{outcome.retry:,}",
             dict(outcome.retry_reasons),
             f"{outcome.final:,}",
             dict(outcome.final_reasons),
         )
-        return state.with_round(replace(current, outcome=outcome)), next_input
+        return outcome, next_input
 
     def _submit_round(self, context: Context, state: JobState, number: int, plan: ShardPlan) -> JobState:
         """Create the round's batches, one per shard, each once: those an earlier try created under the
-        same keys (found in one listing) are re-attached, a failed one (not billed) is created anew."""
+        same keys (found in one listing) are re-attached, a failed one (not billed) is created anew.
+
+        Under an enqueued-token budget, shards are created in order while the model's tokens in flight
+        leave room; the round is then left incomplete (:attr:`~.job.JobRound.planned`), and the job waits
+        for room and comes back here, where what exists is re-attached and the next shards created.
+        """
         keys = [
             shard_key(state.submission_key, self.limits, number, s.index, split=state.split)
             for s in plan.shards
         ]
+        limit = budget.limit_for(self.token_budget, plan.model)
+        if limit is not None and (too_big := [s for s in plan.shards if s.input_tokens > limit]):
+            raise OpenAIBatchConfigError(
+                f"Shard {too_big[0].index} of round {number} holds about {too_big[0].input_tokens:,} input"
+                f" tokens, more than max_enqueued_tokens={limit:,} for {plan.model}: it could never run."
+                " Nothing more was submitted. Lower max_requests_per_batch or max_bytes_per_batch."
+            )
         with self.hook.explaining(f"Looking for the batches of round {number} that an earlier try submitted"):
             found = self.hook.find_batches_by_metadata(
                 IDEMPOTENCY_KEY, keys, created_after=run_started(context)
             )
         self.log.info("Round %d: %s requests in %d batch(es)", number, f"{plan.requests:,}", len(plan.shards))
+        in_flight: int | None = None
         batches = []
         for shard, key in zip(plan.shards, keys, strict=True):
             existing = found.get(key)
@@ -471,19 +598,37 @@ class OpenAIBatchOperator(BaseOperator):
                     "Round %d, shard %d: re-attaching to batch %s (%s) created by an earlier try",
                     number, shard.index, existing.batch_id, existing.status,
                 )  # fmt: skip
-                batch = existing
-            else:
-                batch = self._create(context, shard.path, key, None)
-                self.log.info("Round %d, shard %d: batch %s created", number, shard.index, batch.batch_id)
+                batches.append(JobBatch(shard.index, shard.requests, key, existing))
+                continue
+            if limit is not None:
+                if in_flight is None:
+                    in_flight = self._in_flight(plan.model).tokens
+                if in_flight + shard.input_tokens > limit:
+                    self.log.info(
+                        "Round %d, shard %d: no room for its %s tokens (%s of %s tokens of %s in flight)",
+                        number,
+                        shard.index,
+                        f"{shard.input_tokens:,}",
+                        f"{in_flight:,}",
+                        f"{limit:,}",
+                        plan.model,
+                    )
+                    break
+                in_flight += shard.input_tokens
+            tokens = budget.tag(shard.input_tokens, plan.model) if plan.tokens else None
+            batch = self._create(context, shard.path, key, None, tokens)
+            self.log.info("Round %d, shard %d: batch %s created", number, shard.index, batch.batch_id)
             batches.append(JobBatch(shard.index, shard.requests, key, batch))
-        job_round = JobRound(number, tuple(batches))
-        if number == 1:
-            first_created = min((b.batch.created_at or time.time()) for b in batches)
-            state = replace(state, end_time=first_created + self.timeout)
-        state = state.with_round(job_round)
+        planned = len(plan.shards) if len(batches) < len(plan.shards) else None
+        job_round = JobRound(number, tuple(batches), planned=planned)
+        if number == 1 and not state.rounds:
+            created = [b.batch.created_at for b in batches if b.batch.created_at]
+            state = replace(state, end_time=(min(created) if created else time.time()) + self.timeout)
+        state = replace(state, model=plan.model).with_round(job_round)
         ti = context["ti"]
         ti.xcom_push(key=XCOM_BATCH_IDS, value=[b.batch.batch_id for b in state.batches()])
-        ti.xcom_push(key=BATCH_URL_XCOM_KEY, value=self.hook.batch_url(batches[0].batch.batch_id))
+        if batches:
+            ti.xcom_push(key=BATCH_URL_XCOM_KEY, value=self.hook.batch_url(batches[0].batch.batch_id))
         return state
 
     # steps ---------------------------------------------------------------------------------------
@@ -505,7 +650,7 @@ class OpenAIBatchOperator(BaseOperator):
         """
         plan = split_batch_file(
             source,
-            workdir / "round-001",
+            workdir / "shards",
             endpoint=self.endpoint,
             limits=self.limits,
             tokens=cost.token_tally(self.endpoint, _size_of(source)),
@@ -558,7 +703,9 @@ class OpenAIBatchOperator(BaseOperator):
         )
         return snapshot
 
-    def _create(self, context: Context, source: Any, key: str, input_file_id: str | None) -> BatchSnapshot:
+    def _create(
+        self, context: Context, source: Any, key: str, input_file_id: str | None, tokens: str | None = None
+    ) -> BatchSnapshot:
         """Upload ``source`` (a validated JSONL file) unless ``input_file_id`` is given, and create
         its batch under ``key`` (the hook never replays a create blindly)."""
         if source is not None:
@@ -572,7 +719,11 @@ class OpenAIBatchOperator(BaseOperator):
                 str(input_file_id),
                 self.endpoint,
                 completion_window=self.completion_window,
-                metadata={**(self.metadata or {}), **identity_tags(context)},
+                metadata={
+                    **(self.metadata or {}),
+                    **identity_tags(context),
+                    **({budget.TOKENS_KEY: tokens} if tokens else {}),
+                },
                 output_expires_after_seconds=self.output_expires_after,
                 idempotency_key=key,
             )

@@ -26,6 +26,7 @@ from typing import Any
 from airflow.triggers.base import TriggerEvent
 
 from airflow_provider_batch.events import build_round_event
+from airflow_provider_batch.status import BatchSnapshot
 from airflow_provider_batch.triggers.batch import BatchPollingTrigger
 from airflow_provider_batch.watch import RoundWait
 
@@ -47,6 +48,9 @@ class OpenAIBatchJobTrigger(BatchPollingTrigger):
     :param created_after: the oldest creation time of the batches (unix seconds, the server's
         ``created_at``), when known: the listing is read no further back than that.
     :param job: the job's state (plain JSON, no secret), handed back unchanged in the event.
+    :param wake_at: wait for room under the job's enqueued-token budget instead of for the round: the
+        event (``room``) comes as soon as any of ``batch_ids`` (the model's batches in flight, possibly
+        none) ends, or at ``wake_at`` (unix seconds) at the latest.
     """
 
     def __init__(
@@ -62,10 +66,11 @@ class OpenAIBatchJobTrigger(BatchPollingTrigger):
         round_number: int = 1,
         created_after: float | None = None,
         job: dict[str, Any] | None = None,
+        wake_at: float | None = None,
     ) -> None:
         if (
             not isinstance(batch_ids, (list, tuple))
-            or not batch_ids
+            or not (batch_ids or wake_at is not None)
             or not all(isinstance(batch_id, str) and batch_id for batch_id in batch_ids)
         ):
             raise ValueError("batch_ids must be a non-empty list of non-empty strings")
@@ -89,11 +94,15 @@ class OpenAIBatchJobTrigger(BatchPollingTrigger):
         self.batch_ids = list(batch_ids)
         self.round_number = round_number
         self.created_after = None if created_after is None else float(created_after)
+        self.wake_at = None if wake_at is None else float(wake_at)
         self._wait: RoundWait | None = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return self._serialized(
-            batch_ids=list(self.batch_ids), round_number=self.round_number, created_after=self.created_after
+            batch_ids=list(self.batch_ids),
+            round_number=self.round_number,
+            created_after=self.created_after,
+            **({"wake_at": self.wake_at} if self.wake_at is not None else {}),
         )
 
     def deferral_message(self, batch_url: str) -> str:
@@ -110,6 +119,8 @@ class OpenAIBatchJobTrigger(BatchPollingTrigger):
             self.schedule(),
             self.max_consecutive_failures,
             round_number=self.round_number,
+            until_any=self.wake_at is not None,
+            wake_at=self.wake_at,
         )
         decision = await self._watch(
             wait,
@@ -120,4 +131,10 @@ class OpenAIBatchJobTrigger(BatchPollingTrigger):
 
     def _batches_to_cancel(self) -> Sequence[str]:
         """The round's batches not seen ended (all of them if this trigger never looked)."""
+        if self.wake_at is not None:
+            # A wait for room watches the model's batches in flight, other runs' too: never cancel
+            # those; cancel what the job itself has running.
+            rounds = (self.job or {}).get("rounds") or [{}]
+            snapshots = (BatchSnapshot.from_dict(batch["batch"]) for batch in rounds[-1].get("batches", []))
+            return [snapshot.batch_id for snapshot in snapshots if not snapshot.is_terminal]
         return self.batch_ids if self._wait is None else self._wait.unfinished()
