@@ -130,7 +130,14 @@ class OpenAIBatchInvalidInput(OpenAIBatchError, AirflowFailException, ValueError
 class OpenAIBatchAPIError(OpenAIBatchError):
     """A call to the API failed for good: the retry policy gave up on a transient failure, or the
     server gave an answer that a retry cannot change. The message names the connection, its base
-    URL (never the key), what was being done, and what to check."""
+    URL (never the key), what was being done, and what to check.
+
+    :param code: the server's error code, when it gave one (``token_limit_exceeded``...).
+    """
+
+    def __init__(self, message: str, *, batch_id: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, batch_id=batch_id)
+        self.code = code
 
 
 class OpenAIBatchConfigError(OpenAIBatchError, AirflowFailException, ValueError):

@@ -201,6 +201,29 @@ def test_without_a_budget_refused_shards_are_submitted_again_once_room_frees_up(
     one_running_batch_per_shard(limited)
 
 
+def test_refusals_at_create_are_waited_out_too(
+    make_emulator: Callable[..., EmulatorProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Azure's "fail fast" regions refuse the create itself (400 ``token_limit_exceeded``)."""
+    limit = 2 * shard_tokens() + shard_tokens() // 2
+    server = make_emulator(
+        "--dialect",
+        "azure",
+        "--enqueued-token-limit",
+        str(limit),
+        "--token-limit-fail-fast",
+        "--file-processing-delay",
+        "0",
+    )
+    use_emulator(monkeypatch, CONN, server, "azure")
+
+    assert run_jobs(server) == []
+
+    assert server.enqueued_tokens()["refused"][MODEL] > 0
+    assert server.enqueued_tokens()["peak"][MODEL] <= limit
+    one_running_batch_per_shard(server)
+
+
 def test_a_shard_larger_than_the_whole_budget_is_refused_before_upload(
     make_emulator: Callable[..., EmulatorProcess], monkeypatch: pytest.MonkeyPatch
 ) -> None:

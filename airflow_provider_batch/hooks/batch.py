@@ -406,8 +406,10 @@ class OpenAIBatchHook(BaseHook):
             hint = f" The server kept failing {tried}; the task's retries will try again."
         else:
             hint = ""
+        code = getattr(exc, "code", None)
         return OpenAIBatchAPIError(
-            self._without_key(f"{action} failed: {self.server} answered {said}.{hint}")
+            self._without_key(f"{action} failed: {self.server} answered {said}.{hint}"),
+            code=code if isinstance(code, str) else None,
         )
 
     def _without_key(self, text: str) -> str:

@@ -58,7 +58,12 @@ from airflow_provider_batch.completion import (
     manifest,
 )
 from airflow_provider_batch.events import build_event, build_round_event, snapshots_from_event, validate_event
-from airflow_provider_batch.exceptions import OpenAIBatchConfigError, OpenAIBatchPartialFailure, ending_error
+from airflow_provider_batch.exceptions import (
+    OpenAIBatchAPIError,
+    OpenAIBatchConfigError,
+    OpenAIBatchPartialFailure,
+    ending_error,
+)
 from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY, OpenAIBatchHook, snapshot_of
 from airflow_provider_batch.identity import (
     AIRFLOW_METADATA_KEYS,
@@ -346,7 +351,22 @@ class OpenAIBatchOperator(BaseOperator):
             plan = self._plan(source, Path(workdir)) if source is not None else None
             estimate = self._estimate(plan, prices) if plan is not None else None
             if plan is None or not (plan.split or budget.limit_for(self.token_budget, plan.model)):
-                state = replace(self._start_single(context, key, source, plan), cost_estimate=estimate)
+                try:
+                    state = replace(self._start_single(context, key, source, plan), cost_estimate=estimate)
+                except OpenAIBatchAPIError as error:
+                    if error.code != budget.TOKEN_LIMIT_CODE:
+                        raise
+                    # Refused at create (Azure's "fail fast"): nothing exists; wait for room, then submit.
+                    self.log.info("The batch was refused for the enqueued-token limit; waiting for room")
+                    waiting = JobRound(1, (), planned=1)
+                    state = JobState(
+                        key,
+                        False,
+                        time.time() + self.timeout,
+                        (waiting,),
+                        estimate,
+                        plan.model if plan else None,
+                    )
             else:  # several shards, or one under a budget: submitted as a job's round
                 started = JobState(key, split=plan.split, end_time=0.0, cost_estimate=estimate)
                 state = self._submit_round(context, started, 1, plan)
@@ -533,7 +553,12 @@ class OpenAIBatchOperator(BaseOperator):
             elif (source := self._input_source(Path(workdir))) is not None:
                 plan = self._plan(source, Path(workdir))
             else:  # an input_file_id: its one batch, created again
-                batch = self._create(context, None, state.submission_key, self.input_file_id)
+                try:
+                    batch = self._create(context, None, state.submission_key, self.input_file_id)
+                except OpenAIBatchAPIError as error:
+                    if error.code != budget.TOKEN_LIMIT_CODE:
+                        raise
+                    return state  # refused at create again: still waiting for room
                 return state.with_round(JobRound(1, (JobBatch(1, None, state.submission_key, batch),)))
             return self._submit_round(context, state, number, plan)
 
@@ -616,7 +641,14 @@ class OpenAIBatchOperator(BaseOperator):
                     break
                 in_flight += shard.input_tokens
             tokens = budget.tag(shard.input_tokens, plan.model) if plan.tokens else None
-            batch = self._create(context, shard.path, key, None, tokens)
+            try:
+                batch = self._create(context, shard.path, key, None, tokens)
+            except OpenAIBatchAPIError as error:
+                if error.code != budget.TOKEN_LIMIT_CODE:
+                    raise
+                # Azure's "fail fast": refused at create, nothing created; the job waits for room.
+                self.log.info("Round %d, shard %d: refused for the enqueued-token limit", number, shard.index)
+                break
             self.log.info("Round %d, shard %d: batch %s created", number, shard.index, batch.batch_id)
             batches.append(JobBatch(shard.index, shard.requests, key, batch))
         planned = len(plan.shards) if len(batches) < len(plan.shards) else None
