@@ -36,6 +36,11 @@ def recheck_delay(max_poll_interval: float, draw: float) -> float:
     return min(ROOM_RECHECK, max_poll_interval) * (0.5 + draw / 2)
 
 
+MAX_LONELY_REFUSALS = 5
+"""Refusals in a row for the token limit, each seen with nothing of the model in flight, before a job
+gives up (it waits :func:`recheck_delay` between them). Batches of other runs may start and end between
+two looks, but a shard refused again and again with nothing to wait for is larger than the
+organization's limit, or the limit is held by something the listing does not show."""
 LOOKBACK = 3 * 24 * 3600.0
 """How far back the listing is read for batches in flight: past the 24 h window and its finalizing."""
 

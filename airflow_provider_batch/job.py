@@ -205,6 +205,9 @@ class JobState:
     """The estimate made before upload (:func:`~.cost.checked_estimate`), for the manifest."""
     model: str | None = None
     """The model of the job's requests: whose enqueued tokens its budget counts."""
+    lonely_refusals: int = 0
+    """Refusals for the token limit in a row while nothing of the model was in flight
+    (:data:`~.budget.MAX_LONELY_REFUSALS`)."""
 
     @property
     def current(self) -> JobRound:
@@ -275,6 +278,7 @@ class JobState:
             "rounds": [job_round.to_dict() for job_round in self.rounds],
             "cost_estimate": dict(self.cost_estimate) if self.cost_estimate is not None else None,
             "model": self.model,
+            "lonely_refusals": self.lonely_refusals,
         }
 
     @classmethod
@@ -292,6 +296,7 @@ class JobState:
             tuple(JobRound.from_dict(r) for r in data["rounds"]),
             data.get("cost_estimate"),
             data.get("model"),
+            int(data.get("lonely_refusals") or 0),
         )
 
 

@@ -20,6 +20,7 @@ from airflow.providers.common.compat.sdk import TaskDeferred
 
 from airflow_provider_batch import budget
 from airflow_provider_batch.emulator.process import EmulatorProcess
+from airflow_provider_batch.exceptions import OpenAIBatchFailed
 from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY
 from airflow_provider_batch.operators.batch import OpenAIBatchOperator
 from airflow_provider_batch.status import BatchSnapshot, PollFailure, PollSchedule
@@ -220,6 +221,27 @@ def test_refusals_at_create_are_waited_out_too(
     assert server.enqueued_tokens()["refused"][MODEL] > 0
     assert server.enqueued_tokens()["peak"][MODEL] <= limit
     one_running_batch_per_shard(server)
+
+
+def test_a_shard_refused_with_nothing_else_in_flight_fails_after_one_more_try(
+    make_emulator: Callable[..., EmulatorProcess], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing to wait for, a refusal means the shard does not fit the organization's limit."""
+    server = make_emulator()
+    use_emulator(monkeypatch, CONN, server)
+    operator = OpenAIBatchOperator(
+        task_id="never_fits",
+        requests=job_requests(0)[:LINES],
+        endpoint=CHAT,
+        conn_id=CONN,
+        deferrable=False,
+        poll_interval=0.05,
+        max_poll_interval=0.2,
+        metadata={"emulator_fail_validation": "token_limit_exceeded"},
+    )
+    with pytest.raises(OpenAIBatchFailed, match="token_limit_exceeded"):
+        operator.execute(make_context())
+    assert route_count(server, "POST /v1/batches") == budget.MAX_LONELY_REFUSALS
 
 
 def test_a_shard_larger_than_the_whole_budget_is_refused_before_upload(

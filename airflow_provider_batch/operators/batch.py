@@ -411,8 +411,20 @@ class OpenAIBatchOperator(BaseOperator):
                     return self._finish(context, state, event)
                 if time.time() < state.end_time:
                     if reason != "room":
-                        wait_event = self._wait_for_room(state)  # defers, or waits here
-                        continue
+                        in_flight = self._in_flight(state.model)
+                        lonely = current.complete and not in_flight.batch_ids  # refused, nothing to wait for
+                        if lonely and state.lonely_refusals + 1 >= budget.MAX_LONELY_REFUSALS:
+                            self.log.warning(
+                                "Refused for the enqueued-token limit %d times in a row with nothing else"
+                                " of %s in flight: the shard does not fit the organization's limit",
+                                state.lonely_refusals + 1,
+                                state.model,
+                            )
+                            return self._finish(context, state, None)
+                        if in_flight.batch_ids or lonely:
+                            state = replace(state, lonely_refusals=state.lonely_refusals + 1 if lonely else 0)
+                            wait_event = self._wait_for_room(state, in_flight)  # defers, or waits here
+                            continue
                     state, wait_event = self._refill(context, state), None
                     continue
             if wait_event is not None and wait_event["termination_reason"] == "room":
@@ -506,11 +518,10 @@ class OpenAIBatchOperator(BaseOperator):
             "job": state.to_dict(),
         }
 
-    def _wait_for_room(self, state: JobState) -> dict[str, Any]:
+    def _wait_for_room(self, state: JobState, in_flight: budget.Enqueued) -> dict[str, Any]:
         """Wait until a batch of the model in flight ends (room may have freed up under the enqueued
         tokens), or a while at most: defer (this raises), or wait on the worker. The ``room`` event
         sends the job back to submitting what is missing."""
-        in_flight = self._in_flight(state.model)
         wake_at = min(
             time.time() + budget.recheck_delay(self.max_poll_interval, random.random()), state.end_time
         )

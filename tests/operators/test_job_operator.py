@@ -200,9 +200,9 @@ def test_a_failed_shard_fails_the_task_with_its_errors_and_nothing_is_resubmitte
     op = operator(
         input_path=source,
         max_requests_per_batch=3,
-        metadata={"emulator_fail_validation": "token_limit_exceeded"},
+        metadata={"emulator_fail_validation": "invalid_request"},  # token_limit_exceeded: test_budget
     )
-    with pytest.raises(OpenAIBatchFailed, match="token_limit_exceeded"):
+    with pytest.raises(OpenAIBatchFailed, match="invalid_request"):
         op.execute(make_context())
     assert route_count(server, CREATE) == 2
 

@@ -218,7 +218,7 @@ def test_a_different_input_file_id_is_a_different_submission(server: EmulatorPro
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_an_earlier_failed_batch_is_submitted_anew(server: EmulatorProcess) -> None:
     context = make_context()
-    failing = {"emulator_fail_validation": "token_limit_exceeded"}
+    failing = {"emulator_fail_validation": "invalid_request"}  # token_limit_exceeded: test_budget
     with pytest.raises(OpenAIBatchFailed):
         operator(deferrable=False, metadata=failing).execute(context)
     first_id = context["task_state_store"].get(STATE_BATCH_ID)
@@ -492,9 +492,9 @@ def test_exactly_one_input_is_required(inputs: dict[str, Any]) -> None:
 
 
 def test_metadata_and_failed_fraction_limits_are_checked_at_parse_time() -> None:
-    with pytest.raises(ValueError, match="metadata may hold at most 11 pairs"):
-        operator(metadata={f"k{i}": "v" for i in range(12)})
-    operator(metadata={f"k{i}": "v" for i in range(11)})
+    with pytest.raises(ValueError, match="metadata may hold at most 10 pairs"):
+        operator(metadata={f"k{i}": "v" for i in range(11)})
+    operator(metadata={f"k{i}": "v" for i in range(10)})
     with pytest.raises(ValueError, match="max_failed_fraction"):
         operator(max_failed_fraction=1.5)
 
