@@ -11,6 +11,9 @@ The operator drives a job; this module holds what a job *is* and the rules it fo
   batches it created by these keys, and creates only the missing ones: each shard of each round is paid for
   once. The first round of an input that fits one batch keeps the submission key itself, so a job of one
   batch is exactly the single-batch operator of earlier releases.
+* A round may miss shards for a while (:attr:`JobRound.needs_submission`): under an enqueued-token budget
+  the shards are created while they fit, and a batch the API refused for that limit is submitted again
+  (:mod:`~airflow_provider_batch.budget`).
 * :func:`stop_reason` says whether a job whose round has ended may run another one; :func:`ending` says how
   a finished job ended for the task (the error, if any); :func:`job_manifest` is the small XCom result.
 
@@ -32,9 +35,6 @@ from airflow_provider_batch.status import BatchSnapshot, BatchStatus, classify_c
 
 JOB_STATE_VERSION = 1
 """Version of :meth:`JobState.to_dict`, read back by a worker that may run a newer provider."""
-
-STOP_REASONS = ("cancelled", "failed", "max_rounds", "timeout", "nothing_to_resubmit")
-"""Why a job runs no further round (see :func:`stop_reason`)."""
 
 
 @dataclass(frozen=True)
