@@ -200,9 +200,14 @@ def main(argv: list[str] | None = None) -> None:
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    # uvicorn installs its own SIGINT/SIGTERM handlers that stop the server gracefully; SIGHUP too.
-    signal.signal(signal.SIGHUP, lambda *_: setattr(server, "should_exit", True))
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # a held SIGTERM exits here, cleanly
+    # uvicorn installs its own SIGINT/SIGTERM handlers that stop the server gracefully once it runs;
+    # until then SIGTERM and SIGHUP only ask it to stop. A held SIGTERM is delivered on unblocking: a
+    # handler that raised there could raise inside a garbage-collection callback, where the exception
+    # is ignored and the signal lost; a flag is never lost, and the server stops as soon as it starts.
+    stop = lambda *_: setattr(server, "should_exit", True)  # noqa: E731
+    signal.signal(signal.SIGHUP, stop)
+    signal.signal(signal.SIGTERM, stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     server.run(sockets=[sock])
 
 
