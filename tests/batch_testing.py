@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_batch.emulator.process import EmulatorProcess
+    from airflow_provider_batch.operators.batch import OpenAIBatchOperator
 
 API_KEY = "sk-batch-test-0123456789-do-not-leak"
 """The connection's password in every test: it must never appear in trigger or defer kwargs."""
@@ -94,6 +95,22 @@ def use_emulator(
         f"AIRFLOW_CONN_{conn_id.upper()}",
         json.dumps(connection(server, dialect, **{**FAST_RETRIES, **extra})),
     )
+
+
+def quick_operator(conn_id: str, task_id: str, **kwargs: Any) -> OpenAIBatchOperator:
+    """A fresh operator (as each worker run gets) on ``conn_id``, waiting on the worker and polling the
+    emulator every few hundredths of a second; ``kwargs`` add to or override that."""
+    from airflow_provider_batch.operators.batch import OpenAIBatchOperator
+
+    defaults: dict[str, Any] = {
+        "task_id": task_id,
+        "endpoint": CHAT,
+        "conn_id": conn_id,
+        "deferrable": False,
+        "poll_interval": 0.05,
+        "max_poll_interval": 0.2,
+    }
+    return OpenAIBatchOperator(**{**defaults, **kwargs})
 
 
 def chat_record(custom_id: str, content: str = "hello", **body: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from airflow_provider_batch.exceptions import OpenAIBatchConfigError
 from airflow_provider_batch.operators.batch import OpenAIBatchOperator
 from airflow_provider_batch.status import BatchSnapshot
 from airflow_provider_batch.tokens import ModelTokens
-from tests.batch_testing import CHAT, chat_record, make_context, route_count, use_emulator
+from tests.batch_testing import CHAT, chat_record, make_context, quick_operator, route_count, use_emulator
 
 CONN = "batch_cost"
 
@@ -95,15 +95,7 @@ def server(make_emulator: Callable[..., EmulatorProcess], monkeypatch: pytest.Mo
 
 
 def operator(**kwargs: Any) -> OpenAIBatchOperator:
-    defaults: dict[str, Any] = {
-        "task_id": "cost_task",
-        "endpoint": CHAT,
-        "conn_id": CONN,
-        "deferrable": False,
-        "poll_interval": 0.05,
-        "max_poll_interval": 0.2,
-    }
-    return OpenAIBatchOperator(**{**defaults, **kwargs})
+    return quick_operator(CONN, "cost_task", **kwargs)
 
 
 def requests(count: int, **body: Any) -> list[dict[str, Any]]:

@@ -318,13 +318,18 @@ class OpenAIBatchOperator(BaseOperator):
 
     @property
     def token_budget(self) -> budget.Budget | None:
-        """The enqueued-token budget: the task's ``max_enqueued_tokens``, else the connection's."""
-        if self.max_enqueued_tokens is not None:
-            return budget.check_budget(self.max_enqueued_tokens, self.task_id)
-        try:
-            return budget.check_budget(self.hook.connection_extra("max_enqueued_tokens"), self.conn_id)
-        except ValueError as error:
-            raise OpenAIBatchConfigError(f"connection {error}") from None
+        """The enqueued-token budget: the task's ``max_enqueued_tokens``, else the connection's (read
+        once per task run, not once per round)."""
+        if not hasattr(self, "_token_budget"):
+            if self.max_enqueued_tokens is not None:
+                self._token_budget = budget.check_budget(self.max_enqueued_tokens, self.task_id)
+            else:
+                try:
+                    extra = self.hook.connection_extra("max_enqueued_tokens")
+                    self._token_budget = budget.check_budget(extra, self.conn_id)
+                except ValueError as error:
+                    raise OpenAIBatchConfigError(f"connection {error}") from None
+        return self._token_budget
 
     def _in_flight(self, model: str | None) -> budget.Enqueued:
         """What the listing shows in flight for ``model``, on every worker and run."""

@@ -26,7 +26,16 @@ from airflow_provider_batch.exceptions import (
 from airflow_provider_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_batch.operators.batch import OpenAIBatchOperator
 from airflow_provider_batch.triggers.job import OpenAIBatchJobTrigger
-from tests.batch_testing import API_KEY, CHAT, chat_record, jsonl, make_context, route_count, use_emulator
+from tests.batch_testing import (
+    API_KEY,
+    CHAT,
+    chat_record,
+    jsonl,
+    make_context,
+    quick_operator,
+    route_count,
+    use_emulator,
+)
 
 CONN = "batch_job"
 CREATE = "POST /v1/batches"
@@ -40,15 +49,7 @@ def server(make_emulator: Callable[..., EmulatorProcess], monkeypatch: pytest.Mo
 
 
 def operator(**kwargs: Any) -> OpenAIBatchOperator:
-    defaults: dict[str, Any] = {
-        "task_id": "job_task",
-        "endpoint": CHAT,
-        "conn_id": CONN,
-        "deferrable": False,
-        "poll_interval": 0.05,
-        "max_poll_interval": 0.2,
-    }
-    return OpenAIBatchOperator(**{**defaults, **kwargs})
+    return quick_operator(CONN, "job_task", **kwargs)
 
 
 def write_input(path: Path, count: int, *, failing: dict[int, dict[str, Any]] | None = None) -> Path:
