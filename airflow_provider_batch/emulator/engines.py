@@ -5,27 +5,37 @@
 ``UpstreamEngine`` forwards each line to a real OpenAI-compatible server with bounded
 concurrency; an upstream failure becomes an error-file line, never a crashed batch.
 
-Both honour the per-line test directive: a body carrying ``"emulator": {"status_code": 429}``
-(optionally ``"message"`` and ``"code"``) is answered with that HTTP error instead of being run.
-With ``"times": N`` the error is answered only for the first N runs of the line's ``custom_id``:
-the runner, which counts runs, strips a spent directive (:func:`without_spent_directive`) before
-the engine sees the body.
+A request for Structured Outputs (``response_format`` of type ``json_schema`` in chat,
+``text.format`` in the Responses API) is answered with an instance of its schema, drawn from a hash
+of the prompt (:mod:`~airflow_provider_batch.emulator.schema_instance`): valid, deterministic, and
+different from one prompt to the next, as a results pipeline needs to be tested.
+
+Both honour the per-line test directive, an ``emulator`` object in the body, answered by the
+emulator itself (never forwarded): ``"status_code": 429`` (optionally ``"message"`` and ``"code"``)
+answers that HTTP error instead of running the line; ``"content"``, ``"output"`` or ``"refusal"``
+script the reply text (see :class:`Script`). With ``"times": N`` a directive applies only to the
+first N runs of the line's ``custom_id``: the runner, which counts runs, strips a spent directive
+(:func:`without_spent_directive`) before the engine sees the body.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
+import json
 import math
 import re
 import struct
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
 
 from airflow_provider_batch.emulator.errors import error_body
+from airflow_provider_batch.emulator.schema_instance import SchemaError, instance_of, mismatch_of
 from airflow_provider_batch.emulator.store import Usage
 
 Response = tuple[int, dict[str, Any]]
@@ -69,35 +79,88 @@ class Engine(Protocol):
     async def aclose(self) -> None: ...
 
 
+SCRIPTED_OUTPUTS = ("invalid_json", "schema_mismatch")
+"""The values of the ``output`` directive: a reply that does not parse, or parses but does not fit."""
+NO_REFUSAL = frozenset({"/v1/completions"})
+"""Text endpoints whose reply has no place for a refusal (a legacy completion is only text)."""
+_REPLY_FIELDS = ("content", "output", "refusal")
+
+
+@dataclass(frozen=True)
+class Script:
+    """What a directive makes of a line's reply text; the empty script is the normal answer.
+
+    ``content``: exactly this text. ``output``: ``invalid_json`` (the JSON reply wrapped in a
+    Markdown fence, as models do when they ignore the format) or ``schema_mismatch`` (valid JSON
+    the requested schema rejects). ``refusal``: the model declines with this message. A scripted
+    text is never cut to the token limit: it is what the test asked for."""
+
+    content: str | None = None
+    output: str | None = None
+    refusal: str | None = None
+
+    @property
+    def field(self) -> str | None:
+        """The directive field this script came from (None for the normal answer)."""
+        return next((name for name in _REPLY_FIELDS if getattr(self, name) is not None), None)
+
+
+NORMAL = Script()
+
+
+def _is_error_status(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599
+
+
 def _directive(body: dict[str, Any]) -> dict[str, Any] | None:
-    """The body's test directive: an ``emulator`` object with a 4xx/5xx ``status_code``; anything
-    else under ``emulator`` is not a directive and is ignored."""
+    """The body's test directive: an ``emulator`` object with a 4xx/5xx ``status_code`` or with
+    any of ``content``, ``output``, ``refusal``. Anything else under ``emulator`` (a
+    ``status_code`` of 200, or ``"429"``) is not a directive and is ignored."""
     directive = body.get("emulator")
     if not isinstance(directive, dict):
         return None
-    status = directive.get("status_code")
-    if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
-        return None
-    return directive
+    if _is_error_status(directive.get("status_code")) or any(name in directive for name in _REPLY_FIELDS):
+        return directive
+    return None
 
 
 def _is_positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def directive_response(body: dict[str, Any]) -> Response | None:
-    """Answer the per-line test directive (``body["emulator"]["status_code"]``), if any.
+def _invalid_field(name: str, expected: str, given: Any) -> _BadRequest:
+    shown = msgspec.json.encode(given).decode()[:50]
+    return _BadRequest(f"Invalid 'emulator.{name}': expected {expected}, got {shown}.", f"emulator.{name}")
 
-    A ``times`` that is not a positive integer is answered as a 400 naming ``emulator.times``:
-    a typo must not turn "fail twice" into "always fail"."""
-    directive = _directive(body)
-    if directive is None:
-        return None
+
+def _checked_directive(directive: dict[str, Any]) -> Script | None:
+    """The directive's script (None for an HTTP error), or :class:`_BadRequest` naming the
+    malformed field: a typo must not turn "fail twice" into "always fail", nor a scripted
+    refusal into a normal answer, so a malformed directive is refused on every run."""
     if "times" in directive and not _is_positive_int(directive["times"]):
-        given = msgspec.json.encode(directive["times"]).decode()[:50]
-        return 400, error_body(
-            f"Invalid 'emulator.times': expected a positive integer, got {given}.", param="emulator.times"
+        raise _invalid_field("times", "a positive integer", directive["times"])
+    given = [name for name in _REPLY_FIELDS if name in directive]
+    if _is_error_status(directive.get("status_code")):
+        given.insert(0, "status_code")
+    if len(given) > 1:
+        raise _BadRequest(
+            "Invalid 'emulator': give only one of status_code, content, output and refusal,"
+            f" got {', '.join(given)}.",
+            "emulator",
         )
+    if given == ["status_code"]:
+        return None
+    name, value = given[0], directive[given[0]]
+    if name == "content" and not isinstance(value, str):
+        raise _invalid_field(name, "a string", value)
+    if name == "output" and value not in SCRIPTED_OUTPUTS:
+        raise _invalid_field(name, "one of " + ", ".join(map(repr, SCRIPTED_OUTPUTS)), value)
+    if name == "refusal" and not (isinstance(value, str) and value):
+        raise _invalid_field(name, "a non-empty string", value)
+    return Script(**{name: value})
+
+
+def _error_reply(directive: dict[str, Any]) -> Response:
     status = directive["status_code"]
     if status == 429:
         kind, code = "requests", "rate_limit_exceeded"
@@ -109,12 +172,37 @@ def directive_response(body: dict[str, Any]) -> Response | None:
     return status, error_body(str(message), type=kind, code=directive.get("code", code))
 
 
+def directive_response(endpoint: str, body: dict[str, Any]) -> Response | None:
+    """Answer the line from its test directive, if it has one: the HTTP error it asks for, the
+    reply it scripts (built as :func:`echo` builds any reply, so the body stays well-formed and
+    its usage counts the scripted text), or a 400 naming a malformed field."""
+    directive = _directive(body)
+    if directive is None:
+        return None
+    try:
+        script = _checked_directive(directive)
+        if script is None:
+            return _error_reply(directive)
+        if endpoint not in _TEXT_BUILDERS or (script.field == "refusal" and endpoint in NO_REFUSAL):
+            raise _BadRequest(
+                f"The directive 'emulator.{script.field}' does not apply to {endpoint}.",
+                f"emulator.{script.field}",
+            )
+    except _BadRequest as exc:
+        return 400, error_body(str(exc), param=exc.param)
+    return _answer(endpoint, body, script)
+
+
 def without_spent_directive(body: dict[str, Any], runs_before: int) -> dict[str, Any]:
     """The body to run for a line whose ``custom_id`` already ran ``runs_before`` times: without its
-    directive once the directive's ``times`` failures are spent, else unchanged (a directive
-    without ``times``, or with an invalid one, is never spent)."""
+    directive once the directive's ``times`` runs are spent, else unchanged (a directive without
+    ``times``, or a malformed one, is never spent: it keeps being refused)."""
     directive = _directive(body)
     if directive is None or not _is_positive_int(directive.get("times")) or runs_before < directive["times"]:
+        return body
+    try:
+        _checked_directive(directive)
+    except _BadRequest:
         return body
     return {key: value for key, value in body.items() if key != "emulator"}
 
@@ -158,10 +246,15 @@ class EchoEngine:
 
 def echo(endpoint: str, body: dict[str, Any]) -> Response:
     """Answer one request the way ``endpoint`` would, deterministically."""
-    directive = directive_response(body)
-    if directive is not None:
-        return directive
-    builder = _ECHO_BUILDERS.get(endpoint)
+    directed = directive_response(endpoint, body)
+    return directed if directed is not None else _answer(endpoint, body, NORMAL)
+
+
+def _answer(endpoint: str, body: dict[str, Any], script: Script) -> Response:
+    """Run ``body`` through the endpoint's builder; ``script`` reaches only the text endpoints
+    (:data:`_TEXT_BUILDERS`), as :func:`directive_response` has checked."""
+    text_builder = _TEXT_BUILDERS.get(endpoint)
+    builder = functools.partial(text_builder, script=script) if text_builder else _ECHO_BUILDERS.get(endpoint)
     if builder is None:
         return 404, error_body(f"Unknown endpoint '{endpoint}'.")
     model = body.get("model")
@@ -215,36 +308,105 @@ def _cap(text: str, limit: Any) -> tuple[str, str]:
     return text, "stop"
 
 
-def _answer_text(prompt: str, body: dict[str, Any]) -> str:
-    text = body.get("text")  # a Responses ``text`` config object; anything else has no format
-    fmt = body.get("response_format") or (text.get("format") if isinstance(text, dict) else None) or {}
-    if isinstance(fmt, dict) and fmt.get("type") in {"json_object", "json_schema"}:
-        import json
+@dataclass(frozen=True)
+class _Format:
+    """What a request asks its reply text to be: ``text``, ``json_object`` or ``json_schema``
+    (with its ``schema``, None when the request gave none, and ``param``, where the schema sits
+    in the body, for a 400 about it)."""
 
-        return json.dumps({"echo": prompt})
-    return f"echo: {prompt}"
+    kind: str
+    schema: Any = None
+    param: str = ""
 
 
-def _chat(body: dict[str, Any], model: str) -> dict[str, Any]:
+def _format_of(body: dict[str, Any]) -> _Format:
+    """The requested format: chat's ``response_format``, or the Responses API's ``text.format``."""
+    chat = body.get("response_format")
+    if isinstance(chat, dict):
+        spec = chat.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        found = _Format(str(chat.get("type")), schema, "response_format.json_schema.schema")
+    else:
+        text = body.get("text")
+        given = text.get("format") if isinstance(text, dict) else None
+        if not isinstance(given, dict):
+            return _Format("text")
+        found = _Format(str(given.get("type")), given.get("schema"), "text.format.schema")
+    if found.kind == "json_schema" and found.schema is not None and not isinstance(found.schema, dict | bool):
+        raise _BadRequest(f"Invalid type for '{found.param}': expected an object.", found.param)
+    return found
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """One reply of a text endpoint: its ``text``, or a ``refusal`` instead, and why it stopped."""
+
+    text: str | None
+    refusal: str | None = None
+    finish: str = "stop"
+
+    @property
+    def tokens(self) -> int:
+        """Output tokens, counted on what the reply carries, so usage matches the text."""
+        return _tokens(self.text if self.text is not None else self.refusal or "")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _reply(echoed: str, seed: str, body: dict[str, Any], script: Script, limit: Any) -> _Reply:
+    """The reply to one prompt. ``echoed``: the text a plain reply repeats; ``seed``: the whole
+    prompt, whose hash draws a structured reply's values; ``limit``: the request's output-token
+    cap, which cuts a normal reply (never a scripted one) with finish reason ``length``."""
+    if script.refusal is not None:
+        return _Reply(None, refusal=script.refusal)
+    if script.content is not None:
+        return _Reply(script.content)
+    fmt = _format_of(body)
+    try:
+        if script.output == "schema_mismatch":
+            if fmt.kind == "json_schema" and fmt.schema is not None:
+                return _Reply(_json(mismatch_of(fmt.schema, seed)))
+            return _Reply(_json([{"echo": echoed}]))  # JSON, but not the object JSON mode promises
+        if fmt.kind == "json_schema" and fmt.schema is not None:
+            structured: str | None = _json(instance_of(fmt.schema, seed))
+        elif fmt.kind in {"json_object", "json_schema"}:
+            structured = _json({"echo": echoed})
+        else:
+            structured = None
+    except SchemaError as exc:
+        raise _BadRequest(f"Invalid schema for '{fmt.param}': {exc}", fmt.param) from None
+    if script.output == "invalid_json":
+        return _Reply(f"```json\n{structured or _json({'echo': echoed})}\n```")
+    text, finish = _cap(structured if structured is not None else f"echo: {echoed}", limit)
+    return _Reply(text, finish=finish)
+
+
+def _chat(body: dict[str, Any], model: str, script: Script) -> dict[str, Any]:
     messages = _required(body, "messages")
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise _BadRequest("Invalid type for 'messages': expected an array of message objects.", "messages")
     prompt = " ".join(_text_of(m.get("content")) for m in messages)
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), messages[-1])
-    answer, finish = _cap(
-        _answer_text(_text_of(last_user.get("content")), body),
+    reply = _reply(
+        _text_of(last_user.get("content")),
+        prompt,
+        body,
+        script,
         body.get("max_completion_tokens", body.get("max_tokens")),
     )
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": reply.text,
+        "refusal": reply.refusal,
+        "annotations": [],
+    }
     choices: list[dict[str, Any]] = [
-        {
-            "index": index,
-            "message": {"role": "assistant", "content": answer, "refusal": None, "annotations": []},
-            "logprobs": None,
-            "finish_reason": finish,
-        }
+        {"index": index, "message": message, "logprobs": None, "finish_reason": reply.finish}
         for index in range(_count(body.get("n")))
     ]
-    prompt_tokens, completion_tokens = _tokens(prompt), _tokens(answer) * len(choices)
+    prompt_tokens, completion_tokens = _tokens(prompt), reply.tokens * len(choices)
     return {
         "id": _stable_id("chatcmpl-", model, prompt),
         "object": "chat.completion",
@@ -276,18 +438,19 @@ def _count(n: Any) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 16 else 1
 
 
-def _completion(body: dict[str, Any], model: str) -> dict[str, Any]:
+def _completion(body: dict[str, Any], model: str, script: Script) -> dict[str, Any]:
     prompt_value = _required(body, "prompt")
     prompts = prompt_value if isinstance(prompt_value, list) else [prompt_value]
     prompts = [
         p if isinstance(p, str) else " ".join(map(str, p)) if isinstance(p, list) else str(p) for p in prompts
     ]
     choices: list[dict[str, Any]] = []
+    completion_tokens = 0
     for index, prompt in enumerate(prompts):
-        answer, finish = _cap(f"echo: {prompt}", body.get("max_tokens", 16))
-        choices.append({"text": answer, "index": index, "logprobs": None, "finish_reason": finish})
+        reply = _reply(prompt, prompt, body, script, body.get("max_tokens", 16))
+        choices.append({"text": reply.text, "index": index, "logprobs": None, "finish_reason": reply.finish})
+        completion_tokens += reply.tokens
     prompt_tokens = sum(_tokens(p) for p in prompts)
-    completion_tokens = sum(_tokens(c["text"]) for c in choices)
     return {
         "id": _stable_id("cmpl-", model, prompts),
         "object": "text_completion",
@@ -299,7 +462,7 @@ def _completion(body: dict[str, Any], model: str) -> dict[str, Any]:
     }
 
 
-def _response(body: dict[str, Any], model: str) -> dict[str, Any]:
+def _response(body: dict[str, Any], model: str, script: Script) -> dict[str, Any]:
     given = _required(body, "input")
     if isinstance(given, str):
         prompt = given
@@ -311,15 +474,20 @@ def _response(body: dict[str, Any], model: str) -> dict[str, Any]:
     if instructions is not None and not isinstance(instructions, str):
         raise _BadRequest("Invalid type for 'instructions': expected a string.", "instructions")
     full_prompt = " ".join(filter(None, [instructions or "", prompt]))
-    answer, finish = _cap(_answer_text(prompt, body), body.get("max_output_tokens"))
-    input_tokens, output_tokens = _tokens(full_prompt), _tokens(answer)
+    reply = _reply(prompt, full_prompt, body, script, body.get("max_output_tokens"))
+    part: dict[str, Any] = (
+        {"type": "output_text", "text": reply.text, "annotations": []}
+        if reply.refusal is None
+        else {"type": "refusal", "refusal": reply.refusal}
+    )
+    input_tokens, output_tokens = _tokens(full_prompt), reply.tokens
     created = int(time.time())
     return {
         "id": _stable_id("resp_", model, full_prompt),
         "object": "response",
         "created_at": created,
-        "status": "completed" if finish == "stop" else "incomplete",
-        "incomplete_details": None if finish == "stop" else {"reason": "max_output_tokens"},
+        "status": "completed" if reply.finish == "stop" else "incomplete",
+        "incomplete_details": None if reply.finish == "stop" else {"reason": "max_output_tokens"},
         "error": None,
         "instructions": body.get("instructions"),
         "model": model,
@@ -329,7 +497,7 @@ def _response(body: dict[str, Any], model: str) -> dict[str, Any]:
                 "id": _stable_id("msg_", model, full_prompt),
                 "status": "completed",
                 "role": "assistant",
-                "content": [{"type": "output_text", "text": answer, "annotations": []}],
+                "content": [part],
             }
         ],
         "parallel_tool_calls": True,
@@ -337,7 +505,7 @@ def _response(body: dict[str, Any], model: str) -> dict[str, Any]:
         "tools": [],
         "usage": {
             "input_tokens": input_tokens,
-            "input_tokens_details": {"cached_tokens": 0},
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": output_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": input_tokens + output_tokens,
@@ -496,10 +664,9 @@ def _video(body: dict[str, Any], model: str) -> dict[str, Any]:
     }
 
 
+_TEXT_BUILDERS = {"/v1/chat/completions": _chat, "/v1/completions": _completion, "/v1/responses": _response}
+"""The builders of the endpoints that answer with text, which a directive can script."""
 _ECHO_BUILDERS = {
-    "/v1/chat/completions": _chat,
-    "/v1/completions": _completion,
-    "/v1/responses": _response,
     "/v1/embeddings": _embeddings,
     "/v1/moderations": _moderation,
     "/v1/images/generations": _image,
@@ -527,9 +694,9 @@ class UpstreamEngine:
         return list(await asyncio.gather(*(self._respond(endpoint, body) for body in bodies)))
 
     async def _respond(self, endpoint: str, body: dict[str, Any]) -> Response:
-        directive = directive_response(body)
-        if directive is not None:
-            return directive
+        directed = directive_response(endpoint, body)
+        if directed is not None:
+            return directed
         path = endpoint.removeprefix("/v1")
         async with self._slots:
             try:
