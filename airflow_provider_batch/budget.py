@@ -29,11 +29,13 @@ ROOM_RECHECK = 300.0
 batches it watches has ended (room also frees up in batches it does not watch)."""
 
 
-def recheck_delay(max_poll_interval: float, draw: float) -> float:
+def recheck_delay(poll_interval: float, max_poll_interval: float, draw: float) -> float:
     """Seconds until a job waiting for room looks again at the latest: :data:`ROOM_RECHECK` or the
     task's ``max_poll_interval``, whichever is shorter, spread over its second half by ``draw`` (a
-    number in [0, 1)) so that the jobs of a busy model do not all look, and submit, at the same moment."""
-    return min(ROOM_RECHECK, max_poll_interval) * (0.5 + draw / 2)
+    number in [0, 1)) so that the jobs of a busy model do not all look, and submit, at the same moment;
+    never sooner than ``poll_interval``, the first look of any wait (a trigger that fires within seconds
+    of its deferral meets a known Airflow scheduler race, apache/airflow#67287)."""
+    return max(poll_interval, min(ROOM_RECHECK, max_poll_interval) * (0.5 + draw / 2))
 
 
 MAX_LONELY_REFUSALS = 5

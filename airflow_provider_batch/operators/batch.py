@@ -528,7 +528,8 @@ class OpenAIBatchOperator(BaseOperator):
         tokens), or a while at most: defer (this raises), or wait on the worker. The ``room`` event
         sends the job back to submitting what is missing."""
         wake_at = min(
-            time.time() + budget.recheck_delay(self.max_poll_interval, random.random()), state.end_time
+            time.time() + budget.recheck_delay(self.poll_interval, self.max_poll_interval, random.random()),
+            state.end_time,
         )
         self.log.info(
             "Waiting for room under the enqueued tokens of %s: %s tokens in flight in %d batch(es) (%d of"

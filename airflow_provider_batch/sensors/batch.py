@@ -19,10 +19,11 @@ from airflow.providers.common.compat.sdk import AirflowSensorTimeout, AirflowSki
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_batch.completion import finish_batch
-from airflow_provider_batch.events import build_event, validate_event
-from airflow_provider_batch.exceptions import OpenAIBatchError
+from airflow_provider_batch.events import build_event, snapshot_from_event, validate_event
+from airflow_provider_batch.exceptions import OpenAIBatchError, OpenAIBatchPartialFailure
 from airflow_provider_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_batch.landing import require_writable
+from airflow_provider_batch.lineage import report_input, report_output
 from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink, reserve_batch_url
 from airflow_provider_batch.operators.batch import DEFER_METHOD_NAME
 from airflow_provider_batch.status import Wait
@@ -168,11 +169,21 @@ class OpenAIBatchSensor(BaseSensorOperator):
         return self._finish(context, event)
 
     def _finish(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
-        return finish_batch(
-            context,
-            event,
-            hook=self.hook,
-            max_failed_fraction=self.max_failed_fraction,
-            output_path=self.output_path,
-            outlets=self.outlets,
-        )
+        """Finish as the operator does, and report lineage from this, the task's last run (what an
+        earlier run reported died with its process): the batch's request file as the input, and
+        the landed results as the output, also when too many failed lines fail the task."""
+        report_input(self.hook, file_ids=[snapshot_from_event(event).input_file_id])
+        try:
+            result = finish_batch(
+                context,
+                event,
+                hook=self.hook,
+                max_failed_fraction=self.max_failed_fraction,
+                output_path=self.output_path,
+                outlets=self.outlets,
+            )
+        except OpenAIBatchPartialFailure as exc:
+            report_output(self.hook, exc.results_uri)
+            raise
+        report_output(self.hook, result.get("results_uri"))
+        return result

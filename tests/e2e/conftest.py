@@ -23,13 +23,20 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from airflow_stack import AirflowStack, Postgres  # noqa: E402
 
 from airflow_provider_batch.emulator.process import EmulatorProcess  # noqa: E402
+from airflow_provider_batch.tokens import estimate_request  # noqa: E402
 from tests.e2e.dags.e2e_common import (  # noqa: E402
     ALL_DAGS,
+    BUDGET_CONN_ID,
+    BUDGET_MODELS,
+    BUDGET_SET_DAG,
+    CHAT,
     CONN_ID,
     MARK_FAILED_DAG,
     PARALLELISM,
+    SHARD_REQUESTS,
     SUCCESS_DAG,
     WORKER_KILLED_DAG,
+    budget_requests,
 )
 from tests.e2e.support import E2E, KillWatcher, MetadataDB  # noqa: E402
 
@@ -38,6 +45,26 @@ CANARY = f"sk-e2e-canary-{secrets.token_hex(16)}"
 """The connection's API key. The emulator refuses any other key, so every call really carries it;
 it must never surface in logs, XCom or the metadata database."""
 BACKENDS = ["sqlite", "postgres"]
+
+
+def budget_shard_tokens() -> tuple[int, int]:
+    """The smallest and largest input tokens of a budget run's shard, counted as the operator and
+    the emulator count them (their texts are the same in every run)."""
+    counts = []
+    for model in BUDGET_MODELS.values():
+        requests = budget_requests(model, "run")
+        for start in range(0, len(requests), SHARD_REQUESTS):
+            shard = requests[start : start + SHARD_REQUESTS]
+            counts.append(sum(estimate_request(CHAT, request["body"]).input for request in shard))
+    return min(counts), max(counts)
+
+
+def budget_token_limit() -> int:
+    """An enqueued-token limit that holds two budget shards at once and never three."""
+    smallest, largest = budget_shard_tokens()
+    limit = 2 * largest + largest // 2
+    assert 3 * smallest > limit, (smallest, largest)
+    return limit
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -80,12 +107,20 @@ def e2e(
         # Enough retries that 30 % transient faults never exhaust them (0.3**11 per call).
         "extra": {"max_retries": 10, "retry_initial_wait": 0.2, "retry_max_wait": 2, "retry_max_total": 120},
     }
+    budgeted = {
+        **connection,
+        "extra": {
+            **connection["extra"],
+            "max_enqueued_tokens": {BUDGET_MODELS[BUDGET_SET_DAG]: budget_token_limit()},
+        },
+    }
     stack = AirflowStack(
         base / "home",
         DAGS_FOLDER,
         database_url=database.url,
         env={
             f"AIRFLOW_CONN_{CONN_ID.upper()}": json.dumps(connection),
+            f"AIRFLOW_CONN_{BUDGET_CONN_ID.upper()}": json.dumps(budgeted),
             "E2E_WORK_DIR": str(work),
             "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),
             # A SIGKILLed triggerer's triggers move to a new one once its heartbeat is this old.

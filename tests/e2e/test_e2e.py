@@ -14,6 +14,7 @@ import json
 import re
 import signal
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
@@ -22,8 +23,14 @@ import pytest
 
 from airflow_provider_batch.hooks.batch import IDEMPOTENCY_KEY
 from tests.batch_testing import MANIFEST_KEYS
+from tests.e2e.conftest import budget_token_limit
 from tests.e2e.dags.e2e_common import (
     BATCH_TASK,
+    BUDGET_MODELS,
+    BUDGET_RUNS,
+    BUDGET_SET_DAG,
+    BUDGET_SHARDS,
+    BUDGET_UNSET_DAG,
     CREATES_BEFORE_KILL,
     DEADLINE_HOLDS,
     DEADLINE_SECONDS,
@@ -407,6 +414,57 @@ def test_fan_out_under_transient_faults(e2e: E2E) -> None:
     print(
         f"[{e2e.backend}] fan-out: {stats['total_faults']} faults injected in {stats['total_requests']}"
         f" API calls; up to {most_deferred} tasks deferred at once with {PARALLELISM} executor slots"
+    )
+
+
+def test_ten_runs_share_an_enqueued_token_limit(e2e: E2E) -> None:
+    """7. Ten runs of a three-shard job at once, on an emulator whose enqueued-token limit holds two
+    shards of a model. With the budget on the connection (BUDGET_SET_DAG) the runs wait for room,
+    deferred; without it (BUDGET_UNSET_DAG, on another model, at the same time) the emulator refuses
+    the excess with ``token_limit_exceeded`` and the runs submit those shards again. Either way every
+    run succeeds on its first try, with one completed batch per shard, every line run once, and the
+    emulator never held more than the limit."""
+    emulator = e2e.emulator
+    limit = budget_token_limit()
+    e2e.wait_idle()
+    emulator.reset_stats()
+    emulator.configure(enqueued_token_limits=dict.fromkeys(BUDGET_MODELS.values(), limit))
+    started = time.monotonic()
+    try:
+        runs = {dag: [e2e.stack.trigger(dag) for _ in range(BUDGET_RUNS)] for dag in BUDGET_MODELS}
+        for dag, run_ids in runs.items():
+            for run_id in run_ids:
+                e2e.wait_run_finished(dag, run_id, timeout=max(60.0, 900 - (time.monotonic() - started)))
+        tokens = emulator.enqueued_tokens()
+    finally:
+        emulator.configure(enqueued_token_limits={})
+    elapsed = time.monotonic() - started
+
+    custom_ids = emulator.lines()["custom_ids"]
+    for dag, run_ids in runs.items():
+        model = BUDGET_MODELS[dag]
+        assert tokens["peak"][model] <= limit, (dag, tokens)
+        for run_id in run_ids:
+            ti = e2e.ti(dag, run_id, BATCH_TASK)
+            assert (ti["state"], ti["try_number"]) == ("success", 1), (dag, run_id, ti)
+            batches = e2e.batches_of(dag, run_id, BATCH_TASK)
+            completed = Counter(b.metadata[IDEMPOTENCY_KEY] for b in batches if b.status == "completed")
+            assert sorted(completed.values()) == [1] * BUDGET_SHARDS, (dag, run_id, completed)
+            assert {b.status for b in batches} <= {"completed", "failed"}, (dag, run_id)
+            refused = [b for b in batches if b.status == "failed"]
+            assert all(b.errors.data[0].code == "token_limit_exceeded" for b in refused), refused
+            ran = {custom_id: n for custom_id, n in custom_ids.items() if custom_id.startswith(f"{run_id}-")}
+            assert ran == {f"{run_id}-{i}": 1 for i in range(BUDGET_SHARDS * SHARD_REQUESTS)}, ran
+            manifest = e2e.xcom(dag, run_id, BATCH_TASK)
+            assert manifest["request_counts"]["succeeded"] == BUDGET_SHARDS * SHARD_REQUESTS
+    unset_model = BUDGET_MODELS[BUDGET_UNSET_DAG]
+    assert tokens["refused"].get(unset_model, 0) > 0, f"the reactive path never ran: {tokens}"
+    set_model = BUDGET_MODELS[BUDGET_SET_DAG]
+    print(
+        f"[{e2e.backend}] {BUDGET_RUNS} runs x {BUDGET_SHARDS} shards per model in {elapsed:.0f} s, limit"
+        f" {limit} tokens (2 shards): with the budget, peak {tokens['peak'][set_model]} and"
+        f" {tokens['refused'].get(set_model, 0)} refusals; without it, peak {tokens['peak'][unset_model]}"
+        f" and {tokens['refused'][unset_model]} refusals, all submitted again; no retry, no line twice"
     )
 
 

@@ -24,7 +24,17 @@ MARK_FAILED_DAG = "e2e_mark_failed"
 WORKER_KILLED_DAG = "e2e_worker_killed"
 TRIGGERER_RESTART_DAG = "e2e_triggerer_restart"
 FAN_OUT_DAG = "e2e_fan_out"
-ALL_DAGS = (SUCCESS_DAG, MARK_FAILED_DAG, WORKER_KILLED_DAG, TRIGGERER_RESTART_DAG, FAN_OUT_DAG)
+BUDGET_SET_DAG = "e2e_budget_set"
+BUDGET_UNSET_DAG = "e2e_budget_unset"
+ALL_DAGS = (
+    SUCCESS_DAG,
+    MARK_FAILED_DAG,
+    WORKER_KILLED_DAG,
+    TRIGGERER_RESTART_DAG,
+    FAN_OUT_DAG,
+    BUDGET_SET_DAG,
+    BUDGET_UNSET_DAG,
+)
 
 BATCH_TASK = "batch"
 PROBE_TASK = "probe"
@@ -42,6 +52,15 @@ DEADLINE_SECONDS = 55
 """``timeout`` of the deadline task, counted from the batch's creation."""
 FAN_OUT_WIDTH = 20
 PROBE_HOLD_SECONDS = 3.0
+
+BUDGET_CONN_ID = "openai_e2e_budget"
+"""The emulator again, with ``max_enqueued_tokens`` in its extra: the budget every run of
+BUDGET_SET_DAG shares."""
+BUDGET_MODELS = {BUDGET_SET_DAG: "gpt-4.1-mini", BUDGET_UNSET_DAG: "gpt-4.1-nano"}
+"""One model per budget scenario: the emulator limits each on its own, so both run at once."""
+BUDGET_RUNS = 10
+BUDGET_SHARDS = 3
+"""Shards of each budget run's job, of SHARD_REQUESTS lines; the limit holds two at once."""
 
 SUCCESS_ASSET_URI = "file:///e2e/success-batch"
 RESTART_ASSET_URI = "file:///e2e/restart-batch"
@@ -67,6 +86,21 @@ def chat_requests(prefix: str, count: int) -> list[dict[str, Any]]:
             "body": {"model": MODEL, "messages": [{"role": "user", "content": f"{prefix} request {i}"}]},
         }
         for i in range(count)
+    ]
+
+
+def budget_requests(model: str, run_tag: str) -> list[dict[str, Any]]:
+    """A budget run's requests: ids unique to the run, texts the same in every run (so every shard of
+    every run has nearly the same input tokens)."""
+    return [
+        {
+            "custom_id": f"{run_tag}-{i}",
+            "body": {
+                "model": model,
+                "messages": [{"role": "user", "content": f"Budget request {i}: one line."}],
+            },
+        }
+        for i in range(BUDGET_SHARDS * SHARD_REQUESTS)
     ]
 
 

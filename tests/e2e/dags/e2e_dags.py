@@ -11,6 +11,9 @@ import pendulum
 from airflow.sdk import DAG, Asset, get_current_context, task
 from e2e_common import (
     BATCH_TASK,
+    BUDGET_CONN_ID,
+    BUDGET_MODELS,
+    BUDGET_SET_DAG,
     CHAT,
     CONN_ID,
     CREATES_BEFORE_KILL,
@@ -36,6 +39,7 @@ from e2e_common import (
     TRIGGERER_RESTART_DAG,
     WORKER_KILLED_DAG,
     barrier_dir,
+    budget_requests,
     chat_requests,
     request_kill,
     slow,
@@ -199,3 +203,25 @@ with DAG(FAN_OUT_DAG, schedule=None, start_date=START, catchup=False, max_active
         retries=0,  # any failure is a failure: no retry may hide it
         **COMMON,
     ).expand(requests=[chat_requests(f"fan-{i}", 5) for i in range(FAN_OUT_WIDTH)])
+
+
+# 7: ten runs of a three-shard job share an enqueued-token limit that holds two shards ------------
+# The budget on BUDGET_CONN_ID makes the runs wait for room (proactive); without it, the emulator
+# refuses the excess and the runs submit those shards again (reactive). Neither may spend a retry.
+
+for dag_id, model in BUDGET_MODELS.items():
+    with DAG(dag_id, schedule=None, start_date=START, catchup=False, default_args=RETRY_ONCE):
+        OpenAIBatchOperator(
+            task_id=BATCH_TASK,
+            requests=budget_requests(model, "{{ run_id }}"),  # rendered: the run's own custom_ids
+            max_requests_per_batch=SHARD_REQUESTS,
+            metadata=slow(4),  # ~8 s a shard: the limit binds while batches run
+            **{
+                **COMMON,
+                "conn_id": BUDGET_CONN_ID if dag_id == BUDGET_SET_DAG else CONN_ID,
+                # A job waiting for room looks again after 10 to 15 s: never within seconds of its
+                # deferral, and batches run well over 5 s (apache/airflow#67287, see POLL_INTERVAL).
+                "poll_interval": 10.0,
+                "max_poll_interval": 15.0,
+            },
+        )
