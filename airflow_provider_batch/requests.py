@@ -34,6 +34,7 @@ from airflow_provider_batch.limits import (
     MODEL_REQUIRED_ENDPOINTS,
     endpoint_problem,
 )
+from airflow_provider_batch.tokens import OutputCaps
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -119,12 +120,13 @@ class BatchFileSummary:
     model: str | None
 
 
-class _Body(msgspec.Struct, gc=False):
+class _Body(OutputCaps, gc=False):
     """The parts of a request body the rules read; every other field is skipped by the decoder.
 
     Skipping is what makes validation cheaper than a plain decode: ``messages``, ``tools`` and the like are
     scanned but never turned into Python objects. ``input`` stays raw JSON because only embeddings batches
-    need to look inside it.
+    need to look inside it. The output caps it inherits are for a token tally, which reads them here
+    rather than decoding the line a second time.
     """
 
     model: str | None = None
@@ -230,7 +232,7 @@ class _Checker:
         embedding_input = msgspec.json.decode(body.input) if self._embeddings and body.input else None
         self._check_body(line, body.model, body.stream, embedding_input)
         if self.tokens is not None:
-            self.line_tokens = self.tokens.add_line(raw)
+            self.line_tokens = self.tokens.add_checked(raw, body.model, body)
 
     def check_record(self, line: int, value: object) -> None:
         """Check one request given as Python values, the record the writer is about to encode."""

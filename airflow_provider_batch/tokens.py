@@ -248,17 +248,39 @@ def max_output(endpoint: str, body: Mapping[str, Any], prompts: int = 1) -> int 
 
     :param prompts: for ``/v1/completions``, how many prompts the request holds (each is completed).
     """
+    return _output_bound(
+        endpoint,
+        body.get("max_tokens"),
+        body.get("max_completion_tokens"),
+        body.get("max_output_tokens"),
+        body.get("n"),
+        body.get("best_of"),
+        prompts,
+    )
+
+
+def _output_bound(
+    endpoint: str,
+    max_tokens: object,
+    max_completion_tokens: object,
+    max_output_tokens: object,
+    n: object,
+    best_of: object,
+    prompts: int,
+) -> int | None:
+    """:func:`max_output` over the fields' values: the one statement of the rule, which the tally also
+    applies to the fields the validator decoded, with no mapping built per line."""
     if endpoint == "/v1/chat/completions":
-        cap = _cap(body.get("max_completion_tokens"))
+        cap = _cap(max_completion_tokens)
         if cap is None:
-            cap = _cap(body.get("max_tokens"))
-        return None if cap is None else cap * _choices(body.get("n"))
+            cap = _cap(max_tokens)
+        return None if cap is None else cap * _choices(n)
     if endpoint == "/v1/responses":
-        return _cap(body.get("max_output_tokens"))
+        return _cap(max_output_tokens)
     if endpoint == "/v1/completions":
-        cap = _cap(body.get("max_tokens"))
+        cap = _cap(max_tokens)
         per_choice = COMPLETIONS_DEFAULT_MAX_TOKENS if cap is None else cap
-        return per_choice * max(_choices(body.get("n")), _choices(body.get("best_of"))) * max(prompts, 1)
+        return per_choice * max(_choices(n), _choices(best_of)) * max(prompts, 1)
     if endpoint in _NO_OUTPUT_ENDPOINTS:
         return 0
     return None
@@ -426,16 +448,29 @@ class _CountedLine(msgspec.Struct, gc=False):
     body: _CountedBody | None = None
 
 
-class _CappedBody(msgspec.Struct, gc=False):
-    """The fields of a body that its output bound reads: what a line left out of the sample decodes."""
+class OutputCaps(msgspec.Struct, gc=False):
+    """The body fields that bound a request's output: all a line left out of a sampled count needs.
 
-    model: Any = None
-    prompt: msgspec.Raw = msgspec.Raw()
+    The validator's typed body extends this struct, so the one decode that checks a line also gives these
+    fields, and :meth:`TokenTally.add_checked` takes them from there: a line left out of the sample then
+    costs no second pass over its bytes, which was most of what sampling cost. They are typed ``Any`` so
+    that a cap of the wrong type never fails the validator's typed decode (and sends the line down its
+    slower generic path); the bound ignores such values, as :func:`max_output` does. ``prompt`` stays raw
+    JSON: only a list of prompts, which is rare, is looked into.
+    """
+
     max_tokens: Any = None
     max_completion_tokens: Any = None
     max_output_tokens: Any = None
     n: Any = None
     best_of: Any = None
+    prompt: msgspec.Raw = msgspec.Raw()
+
+
+class _CappedBody(OutputCaps, gc=False):
+    """What :meth:`TokenTally.add_line` decodes of a line left out of the sample, when no validator has."""
+
+    model: Any = None
 
 
 class _CappedLine(msgspec.Struct, gc=False):
@@ -458,18 +493,19 @@ class _Sample:
 class TokenTally:
     """Token estimates of a batch file, added up per model, filled one request at a time.
 
-    The validation pass feeds it every request it checks: :meth:`add_line` with a line's raw bytes (it
+    The validation pass feeds it every request it checks: :meth:`add_checked` with a line's raw bytes and
+    the model and output caps its own decode already read, :meth:`add_line` with the raw bytes alone (it
     decodes only the fields the estimate reads), or :meth:`add` with a body already decoded into plain
     values. A line that is not a JSON object, or whose ``body`` is not one, is not counted: the validator
     reports it.
 
     Counting is exact by default, and then costs what the tokenizer costs: about 25 to 60 MB of text a
-    second on one core, several times a validation pass. ``sample_every=k`` counts the first line given
-    to :meth:`add_line` and then one line in k, drawn at random (seeded: the same file gives the same
-    estimate), and extrapolates the input tokens of the others from their size, at the counted lines'
-    tokens per byte for the same model; output caps stay exact, since each line still decodes them. A
-    batch file holds one model and usually one kind of request, which is when a sample represents the
-    rest; ``extrapolated`` says how many requests were not counted.
+    second on one core, several times a validation pass. ``sample_every=k`` counts the first line and then
+    one line in k, drawn at random (seeded: the same file gives the same estimate), and extrapolates the
+    input tokens of the others from their size, at the counted lines' tokens per byte for the same model;
+    output caps stay exact, since every line's caps are still read. A batch file holds one model and
+    usually one kind of request, which is when a sample represents the rest; ``extrapolated`` says how
+    many requests were not counted.
 
     :param endpoint: the batch endpoint, which decides the counting rule.
     :param sample_every: count one line in this many (1: every line, exactly).
@@ -487,6 +523,11 @@ class TokenTally:
         # template cycling through k examples), and a fixed stride would then count one kind of line only.
         # The seed is fixed so that the same file gives the same estimate.
         self._draw = random.Random(0).random
+        self._completions = endpoint == "/v1/completions"
+        # The model of the last line left out and its two records: a file holds one model, so this spares
+        # two dictionary look-ups per line on the path every skipped line takes.
+        self._skipped_model: str | None = None
+        self._skipped: tuple[ModelTokens, _Sample] | None = None
 
     def add(self, body: object) -> RequestTokens | None:
         """Count one request from its ``body`` as plain values; ``None`` (not counted) if not a mapping."""
@@ -504,10 +545,35 @@ class TokenTally:
     def add_line(self, raw: bytes) -> RequestTokens | None:
         """Count one request line (its JSON, without the newline); ``None`` if it holds no object ``body``
         or when the line is left out of the sample (its input is extrapolated at the end)."""
-        self._lines += 1
-        if self.sample_every > 1 and self._lines > 1 and self._draw() * self.sample_every >= 1:
-            self._skip_line(raw)
+        if self._leave_out():
+            try:
+                body = _CAPPED_DECODER.decode(raw).body
+            except msgspec.DecodeError:
+                return None
+            if body is not None:
+                self._skip(raw, body.model if isinstance(body.model, str) else None, body)
             return None
+        return self._count_line(raw)
+
+    def add_checked(self, raw: bytes, model: str | None, caps: OutputCaps) -> RequestTokens | None:
+        """Count one request line that the validator has decoded: as :meth:`add_line`, but a line left out
+        of the sample takes its model and output caps from that decode instead of decoding them again.
+
+        :param raw: the line's JSON, without the newline; decoded again only when the line is counted.
+        :param model: its ``body.model`` (``None`` when it names none).
+        :param caps: its body's output caps, from the validator's decode.
+        """
+        if self._leave_out():
+            self._skip(raw, model, caps)
+            return None
+        return self._count_line(raw)
+
+    def _leave_out(self) -> bool:
+        """Whether the next line is left out of the sample (never the first one, nor without sampling)."""
+        self._lines += 1
+        return self.sample_every > 1 and self._lines > 1 and self._draw() * self.sample_every >= 1
+
+    def _count_line(self, raw: bytes) -> RequestTokens | None:
         try:
             body = _LINE_DECODER.decode(raw).body
         except msgspec.DecodeError:
@@ -523,23 +589,33 @@ class TokenTally:
             sample.counted_tokens += tokens.input
         return tokens
 
-    def _skip_line(self, raw: bytes) -> None:
-        try:
-            body = _CAPPED_DECODER.decode(raw).body
-        except msgspec.DecodeError:
-            return
-        if body is None:
-            return
-        model = body.model if isinstance(body.model, str) else None
+    def _skip(self, raw: bytes, model: str | None, caps: OutputCaps) -> None:
+        """Record a line left out of the sample: its output bound, exactly, and its size, to extrapolate."""
+        records = self._skipped
+        if records is None or model != self._skipped_model:
+            records = self._skipped = (self._model(model), self._sample(model))
+            self._skipped_model = model
+        counted, sample = records
         prompts = 1
-        if body.prompt and bytes(body.prompt).lstrip().startswith(b"["):  # rare: a list of prompts
-            prompts = _Estimate(len, approximate=False).inputs(msgspec.json.decode(body.prompt)) or 1
-        fields = msgspec.structs.asdict(body)
-        counted = self._model(model)
+        if self._completions and caps.prompt and bytes(caps.prompt).lstrip().startswith(b"["):
+            # Rare: a list of prompts, each completed; it may also be one token array.
+            prompts = _Estimate(len, approximate=False).inputs(msgspec.json.decode(caps.prompt)) or 1
+        bound = _output_bound(
+            self.endpoint,
+            caps.max_tokens,
+            caps.max_completion_tokens,
+            caps.max_output_tokens,
+            caps.n,
+            caps.best_of,
+            prompts,
+        )
         counted.requests += 1
         counted.extrapolated += 1
-        self._add_output(counted, max_output(self.endpoint, fields, prompts))
-        self._sample(model).skipped_bytes += len(raw)
+        if bound is None:
+            counted.uncapped += 1
+        else:
+            counted.max_output += bound
+        sample.skipped_bytes += len(raw)
 
     @property
     def models(self) -> dict[str | None, ModelTokens]:

@@ -15,6 +15,7 @@ import pytest
 import splintr
 
 from airflow_provider_batch import tokens
+from airflow_provider_batch.requests import _Checker
 from airflow_provider_batch.tokens import (
     CL100K_BASE,
     COMPLETIONS_DEFAULT_MAX_TOKENS,
@@ -531,6 +532,80 @@ def test_skipped_lines_without_an_object_body_are_not_counted() -> None:
         sampled.add_line(b'{"body": {"model": "gpt-4o", "messages": []}}')
         sampled.add_line(line)
     assert sampled.total == ModelTokens(requests=4, input=12, uncapped=4, extrapolated=3)
+
+
+def request_lines(endpoint: str, bodies: list[dict[str, Any]]) -> list[bytes]:
+    """Complete request lines, in the shape the validator's typed decode reads."""
+    return [
+        json.dumps(
+            {"custom_id": str(index), "method": "POST", "url": endpoint, "body": body}, ensure_ascii=False
+        ).encode()
+        for index, body in enumerate(bodies)
+    ]
+
+
+def varied_bodies(endpoint: str) -> list[dict[str, Any]]:
+    """Bodies of one model with every kind of output cap, including ones of the wrong type."""
+    caps: list[dict[str, Any]] = [
+        {},
+        {"max_tokens": 7},
+        {"max_completion_tokens": 9, "max_tokens": 3, "n": 2},
+        {"max_output_tokens": 11},
+        {"max_tokens": "5"},
+        {"max_tokens": True, "n": 0},
+        {"max_tokens": 4, "best_of": 3},
+        {"max_tokens": -1, "n": [2]},
+    ]
+    bodies = []
+    for index in range(240):
+        text = TEXTS[1 + index % 8] * (1 + index % 3)
+        body: dict[str, Any] = {"model": "gpt-4o", **caps[index % len(caps)]}
+        if endpoint == CHAT:
+            body["messages"] = [{"role": "user", "content": text}]
+        elif endpoint == RESPONSES:
+            body["input"] = text
+        elif endpoint == COMPLETIONS:
+            body["prompt"] = [text, "b"] if index % 2 else text if index % 3 else [1, 2, 3]
+        else:
+            body["input"] = [text, text[:5]]
+        bodies.append(body)
+    return bodies
+
+
+@pytest.mark.parametrize("sample_every", [1, 4])
+@pytest.mark.parametrize("endpoint", [CHAT, RESPONSES, COMPLETIONS, EMBEDDINGS])
+def test_the_validator_hands_the_tally_what_its_decode_read(endpoint: str, sample_every: int) -> None:
+    """Fed by the validator, which passes the model and caps it decoded, a tally gives what it gives from
+    the raw lines alone, line by line and in total: the same lines counted, the same exact output bounds."""
+    lines = request_lines(endpoint, varied_bodies(endpoint))
+    alone, fed = (
+        TokenTally(endpoint, sample_every=sample_every),
+        TokenTally(endpoint, sample_every=sample_every),
+    )
+    checker = _Checker(endpoint, 20, tokens=fed)
+    for number, line in enumerate(lines, start=1):
+        expected = alone.add_line(line)
+        checker.check_line(number, line)
+        assert checker.line_tokens == expected
+    assert checker.finish(0).valid
+    assert fed.models == alone.models
+    if sample_every > 1:
+        assert 0 < fed.total.extrapolated < len(lines)
+
+
+def test_a_skipped_line_bounds_its_output_from_the_validators_fields() -> None:
+    lines = request_lines(
+        COMPLETIONS, [{"model": "davinci-002", "prompt": ["a", "b", "c"], "max_tokens": 5}] * 2
+    )
+    tally = TokenTally(COMPLETIONS, sample_every=1_000_000)
+    checker = _Checker(COMPLETIONS, 20, tokens=tally)
+    checker.check_line(1, lines[0])
+    assert checker.line_tokens is not None  # the first line is counted
+    checker.check_line(2, lines[1])
+    assert checker.line_tokens is None  # the next one, almost surely not
+    assert tally.models["davinci-002"] == ModelTokens(
+        requests=2, input=6, max_output=30, uncapped=0, approximate=0, extrapolated=1
+    )
 
 
 def test_sample_every_must_be_positive() -> None:
