@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset
 
+from airflow_provider_batch.answers import INVALID_OUTPUT
 from airflow_provider_batch.events import snapshot_from_event
 from airflow_provider_batch.exceptions import OpenAIBatchPartialFailure, ending_error
 from airflow_provider_batch.landing import land_results
-from airflow_provider_batch.results import summarize
+from airflow_provider_batch.results import RowOptions, summarize
 from airflow_provider_batch.status import BatchSnapshot, classify_completion
 
 if TYPE_CHECKING:
@@ -42,6 +43,10 @@ def finish_batch(
     hook: OpenAIBatchHook,
     max_failed_fraction: float,
     output_path: Any = None,
+    output_format: str = "jsonl",
+    rows: RowOptions | None = None,
+    invalid_outputs: int | None = None,
+    fail_on_invalid_output: bool = True,
     outlets: Iterable[Any] = (),
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -50,6 +55,10 @@ def finish_batch(
 
     Partial results of an expired or cancelled batch are landed *before* the error is raised, so
     paid-for output is never thrown away. ``extra`` adds keys to the manifest (the cost).
+
+    Replies that are not the structured output asked for (``invalid_output``) are lines the API counts
+    as completed; they count as failed too, unless ``fail_on_invalid_output`` is false. Their number is
+    ``invalid_outputs`` when the caller read the batch's files already, else what landing found.
     """
     batch = snapshot_from_event(event)
     reason = event["termination_reason"]
@@ -59,21 +68,27 @@ def finish_batch(
     ti.xcom_push(key=XCOM_ERROR_FILE_ID, value=batch.error_file_id)
     landed = None
     if output_path is not None and (batch.output_file_id or batch.error_file_id):
-        landed = land_results(hook, batch, output_path)
+        landed = land_results(hook, batch, output_path, output_format=output_format, rows=rows)
+    if invalid_outputs is None:
+        invalid_outputs = landed["results_summary"]["errors_by_code"].get(INVALID_OUTPUT, 0) if landed else 0
+    too_many_failed = partial_failure(
+        batch, max_failed_fraction, also_failed=invalid_outputs if fail_on_invalid_output else 0
+    )
     result = {**manifest(batch, landed=landed), **(extra or {})}
-    if reason != "completed" or partial_failure(batch, max_failed_fraction):
+    if reason != "completed" or too_many_failed:
         # A failed task returns nothing; pushed here, the manifest still reaches downstream tasks
         # that run anyway (trigger_rule="all_done") through the usual ``.output``.
         ti.xcom_push(key=XCOM_RETURN_KEY, value=result)
 
     if reason != "completed":
         raise ending_error(reason, batch, detail=event.get("message") or "", where=hook.server)
-    if partial_failure(batch, max_failed_fraction):
+    if too_many_failed:
         counts = batch.request_counts or {}
         summary = landed["results_summary"] if landed else summarize_errors(hook, batch)
+        invalid = f", {invalid_outputs:,} more replied invalid output" if invalid_outputs else ""
         raise OpenAIBatchPartialFailure(
             f"Batch {batch.batch_id} completed, but {counts.get('failed', 0):,} of {counts.get('total', 0):,}"
-            f" lines failed (more than max_failed_fraction={max_failed_fraction}).",
+            f" lines failed{invalid} (more than max_failed_fraction={max_failed_fraction}).",
             batch_id=batch.batch_id,
             errors_by_code=summary["errors_by_code"],
             failed_ids=summary["failed_ids"]["ids"],
@@ -95,9 +110,13 @@ def manifest(batch: BatchSnapshot, *, landed: dict[str, Any] | None = None) -> d
     return {**batch.to_dict(), **(landed or {})}
 
 
-def partial_failure(batch: BatchSnapshot, max_failed_fraction: float) -> bool:
-    """Whether a completed batch failed more lines than the task accepts."""
-    return classify_completion(batch.request_counts, max_failed_fraction) == "too_many_failed_lines"
+def partial_failure(batch: BatchSnapshot, max_failed_fraction: float, *, also_failed: int = 0) -> bool:
+    """Whether a completed batch failed more lines than the task accepts; ``also_failed`` lines the API
+    counts as completed fail too (replies that are not the structured output asked for)."""
+    counts = batch.request_counts
+    if also_failed and counts:
+        counts = {**counts, "failed": counts.get("failed", 0) + also_failed}
+    return classify_completion(counts, max_failed_fraction) == "too_many_failed_lines"
 
 
 def summarize_errors(hook: OpenAIBatchHook, batch: BatchSnapshot) -> dict[str, Any]:

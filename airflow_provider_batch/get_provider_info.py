@@ -43,6 +43,14 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_provider_batch.links.batch.OpenAIBatchLink"],
+        # OpenAI file ids as assets (lineage.py): openai://<api host>/files/<id>, known to OpenLineage.
+        "asset-uris": [
+            {
+                "schemes": ["openai"],
+                "handler": "airflow_provider_batch.lineage.sanitize_uri",
+                "to_openlineage_converter": "airflow_provider_batch.lineage.convert_asset_to_openlineage",
+            }
+        ],
         "connection-types": [
             {
                 "connection-type": "openai_batch",

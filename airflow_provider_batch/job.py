@@ -24,7 +24,7 @@ Which lines a next round resubmits, and how rounds merge into one result file, i
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -126,6 +126,9 @@ class JobRound:
     outcome: RoundOutcome | None = None
     planned: int | None = None
     """Shards the round's input was cut into, when the budget let fewer be submitted so far."""
+    checked: bool = False
+    """The round's replies are checked against a structured output (a schema its requests or the task
+    gave): a line the API counts as completed may be ``invalid_output``, so only its files tell."""
 
     @property
     def requests(self) -> int:
@@ -152,12 +155,17 @@ class JobRound:
 
     @property
     def all_succeeded(self) -> bool:
-        """Every batch completed and reports every line completed: nothing to resubmit, nothing to read."""
-        return self.ended and all(
-            batch.batch.known_status == BatchStatus.COMPLETED
-            and batch.batch.lines_failed == 0
-            and (batch.batch.request_counts or {}).get("completed") == batch.lines
-            for batch in self.batches
+        """Every batch completed and reports every line completed, and no reply needs checking: nothing
+        to resubmit, nothing to read."""
+        return (
+            self.ended
+            and not self.checked
+            and all(
+                batch.batch.known_status == BatchStatus.COMPLETED
+                and batch.batch.lines_failed == 0
+                and (batch.batch.request_counts or {}).get("completed") == batch.lines
+                for batch in self.batches
+            )
         )
 
     @property
@@ -173,6 +181,7 @@ class JobRound:
             "batches": [batch.to_dict() for batch in self.batches],
             "outcome": self.outcome.to_dict() if self.outcome is not None else None,
             "planned": self.planned,
+            "checked": self.checked,
         }
 
     @classmethod
@@ -184,6 +193,7 @@ class JobRound:
             tuple(JobBatch.from_dict(batch) for batch in data["batches"]),
             RoundOutcome.from_dict(outcome) if outcome else None,
             None if planned is None else int(planned),
+            bool(data.get("checked", False)),
         )
 
 
@@ -369,10 +379,16 @@ def ending(state: JobState, *, wait_reason: str | None = None) -> Ending | None:
     return None
 
 
-def partial_failure(state: JobState, max_failed_fraction: float) -> bool:
-    """Whether more of the job's lines failed for good than the task accepts."""
+def partial_failure(state: JobState, max_failed_fraction: float, *, tolerated: Iterable[str] = ()) -> bool:
+    """Whether more of the job's lines failed for good than the task accepts.
+
+    :param tolerated: reasons whose lines do not count as failed here (``invalid_output`` when the task
+        accepts replies that miss their schema); they stay failed in the rows and the counts.
+    """
     totals = state.totals()
-    counts = {"total": totals["total"], "failed": totals["failed"] + totals["pending"]}
+    reasons = state.failed_by_reason()
+    excused = sum(reasons.get(reason, 0) for reason in tolerated)
+    counts = {"total": totals["total"], "failed": totals["failed"] + totals["pending"] - excused}
     return classify_completion(counts, max_failed_fraction) == "too_many_failed_lines"
 
 

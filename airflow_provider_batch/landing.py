@@ -1,5 +1,6 @@
 """Landing results: the input-ordered join of a batch's files (or of a job's rounds), written to
-``output_path``.
+``output_path`` as JSONL (the file of record, raw bodies included) or as Parquet (typed columns for ETL,
+converted from the JSONL in one streaming pass, :mod:`~airflow_provider_batch.parquet`).
 
 :func:`require_writable` runs before anything is uploaded, so a destination that cannot work is
 found before a day-long batch instead of after it. :func:`land_results` runs once the batch has
@@ -13,13 +14,16 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_batch.exceptions import OpenAIBatchConfigError, OpenAIBatchLandingError
-from airflow_provider_batch.results import write_joined
+from airflow_provider_batch.parquet import write_parquet
+from airflow_provider_batch.results import Destination, RowOptions, write_joined
 from airflow_provider_batch.round_files import fetch_round
 from airflow_provider_batch.rounds import close_round
 
@@ -47,7 +51,9 @@ def require_writable(output_path: Any) -> None:
         destination = as_path(output_path)
         destination.parent.mkdir(parents=True, exist_ok=True)
         probe = destination.parent / f".{destination.name}.write-check"
-        with probe.open("wb") as handle:
+        # Through the filesystem itself: ObjectStoragePath.open would report the probe as an output.
+        opened = probe.fs.open(probe.path, "wb") if isinstance(probe, ObjectStoragePath) else probe.open("wb")
+        with opened as handle:
             handle.write(b"")
         with contextlib.suppress(Exception):  # writing is what matters; some stores refuse deletes
             probe.unlink()
@@ -59,11 +65,22 @@ def require_writable(output_path: Any) -> None:
         ) from None
 
 
-def land_results(hook: OpenAIBatchHook, batch: BatchSnapshot, output_path: Any) -> dict[str, Any]:
+def land_results(
+    hook: OpenAIBatchHook,
+    batch: BatchSnapshot,
+    output_path: Any,
+    *,
+    output_format: str = "jsonl",
+    rows: RowOptions | None = None,
+) -> dict[str, Any]:
     """Download the result files and the input, and write the input-ordered join to ``output_path``;
-    a failure says where the results are and that a rerun costs nothing."""
+    a failure says where the results are and that a rerun costs nothing.
+
+    :param output_format: ``jsonl`` or ``parquet``.
+    :param rows: what the rows carry (the request body) and the schema every reply must match.
+    """
     try:
-        return _land(hook, batch, output_path)
+        return _land(hook, batch, output_path, output_format, rows)
     except Exception as exc:
         files = ", ".join(
             f"{name} file {file_id}"
@@ -79,7 +96,9 @@ def land_results(hook: OpenAIBatchHook, batch: BatchSnapshot, output_path: Any) 
         ) from exc
 
 
-def _land(hook: OpenAIBatchHook, batch: BatchSnapshot, output_path: Any) -> dict[str, Any]:
+def _land(
+    hook: OpenAIBatchHook, batch: BatchSnapshot, output_path: Any, output_format: str, rows: RowOptions | None
+) -> dict[str, Any]:
     destination = as_path(output_path)
     destination.parent.mkdir(parents=True, exist_ok=True)
     input_file_id = batch.input_file_id or hook.get_batch(batch.batch_id).input_file_id  # schema-1 events
@@ -95,16 +114,28 @@ def _land(hook: OpenAIBatchHook, batch: BatchSnapshot, output_path: Any) -> dict
         input_file = download("input", input_file_id)
         if input_file is None:
             raise ValueError(f"Batch {batch.batch_id} names no input file to join its results to.")
-        summary = write_joined(
-            input_file=input_file,
-            destination=destination,
-            output_file=download("output", batch.output_file_id),
-            error_file=download("error", batch.error_file_id),
-        )
+        output_file = download("output", batch.output_file_id)
+        error_file = download("error", batch.error_file_id)
+        with _landed_file(destination, output_format) as target:
+            summary = write_joined(
+                input_file=input_file,
+                destination=target,
+                output_file=output_file,
+                error_file=error_file,
+                options=rows,
+                batch_id=batch.batch_id,
+            )
     return {"results_uri": str(destination), "results_summary": summary.to_dict()}
 
 
-def land_job_results(hook: OpenAIBatchHook, state: JobState, output_path: Any) -> dict[str, Any]:
+def land_job_results(
+    hook: OpenAIBatchHook,
+    state: JobState,
+    output_path: Any,
+    *,
+    output_format: str = "jsonl",
+    rows: RowOptions | None = None,
+) -> dict[str, Any]:
     """Write a job's merged results to ``output_path``: one row per input line, in input order, each
     its last attempt with the round that made it (:func:`~.rounds.close_round`).
 
@@ -118,19 +149,22 @@ def land_job_results(hook: OpenAIBatchHook, state: JobState, output_path: Any) -
             destination.parent.mkdir(parents=True, exist_ok=True)
             previous: Path | None = None
             for job_round in state.rounds:
-                last = job_round is state.rounds[-1]
                 intermediate = Path(workdir) / f"merged-{job_round.number:03d}.jsonl"
-                merged = destination if last else intermediate
                 round_dir = Path(workdir) / f"round-{job_round.number:03d}"
                 round_dir.mkdir()
                 input_file, batches = fetch_round(hook, job_round, round_dir)
-                plan = close_round(
-                    round_number=job_round.number,
-                    input_file=input_file,
-                    batches=batches,
-                    merged=merged,
-                    previous_merged=previous,
-                )
+                last = job_round is state.rounds[-1]
+                with (
+                    _landed_file(destination, output_format) if last else nullcontext(intermediate) as merged
+                ):
+                    plan = close_round(
+                        round_number=job_round.number,
+                        input_file=input_file,
+                        batches=batches,
+                        merged=merged,
+                        previous_merged=previous,
+                        options=rows,
+                    )
                 shutil.rmtree(round_dir)
                 if previous is not None:
                     previous.unlink()
@@ -146,3 +180,16 @@ def land_job_results(hook: OpenAIBatchHook, state: JobState, output_path: Any) -
         ) from exc
     assert plan.merged is not None  # close_round returns the merged summary whenever it writes one
     return {"results_uri": str(destination), "results_summary": plan.merged.to_dict()}
+
+
+@contextlib.contextmanager
+def _landed_file(destination: Any, output_format: str) -> Iterator[Destination]:
+    """Where to write the landed rows (JSONL): ``destination`` itself, or for Parquet a local temporary
+    file, converted into ``destination`` in one streaming pass once written."""
+    if output_format != "parquet":
+        yield destination
+        return
+    with tempfile.TemporaryDirectory(prefix="openai-batch-parquet-") as workdir:
+        rows_file = Path(workdir) / "rows.jsonl"
+        yield rows_file
+        write_parquet(rows_file, destination)

@@ -31,6 +31,14 @@ from typing import IO, Any, TypeAlias, TypeVar, overload
 import msgspec
 from airflow.sdk import ObjectStoragePath
 
+from airflow_provider_batch.answers import (
+    INVALID_OUTPUT,
+    RequestInfo,
+    ToolCall,
+    UserSchema,
+    answer_row,
+    read_request,
+)
 from airflow_provider_batch.jsonl import BLOCK_SIZE, JsonlLines
 
 ResultSource: TypeAlias = str | os.PathLike[str] | IO[bytes] | ObjectStoragePath
@@ -111,26 +119,40 @@ class _UsageEnvelope(msgspec.Struct):
     usage: _WireUsage | None = None
 
 
-class _InputLine(msgspec.Struct):
-    custom_id: str
-
-
-class _Row(msgspec.Struct):
-    """One line of the joined file; field order is key order."""
+class _Row(msgspec.Struct, kw_only=True):
+    """One line of a landed file (joined or merged): the request's outcome, its answer as flat columns
+    (:class:`~airflow_provider_batch.answers.Answer`), and the raw bodies last. Field order is key order;
+    every key is in every row, so ETL tools infer one schema from any sample of rows."""
 
     custom_id: str | None
     line: int
     ok: bool
     status_code: int | None
-    body: msgspec.Raw
     error_code: str | None
     error_message: str | None
+    text: str | None = None
+    refusal: str | None = None
+    finish_reason: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    parsed: Any = None
+    embedding: list[float] | None = None
+    embeddings: list[list[float]] | None = None
+    flagged: bool | None = None
+    categories: list[str] | None = None
+    images: list[str] | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    round: int = 1
+    batch_id: str | None = None
+    request: msgspec.Raw = _NULL
+    body: msgspec.Raw = _NULL
 
 
 _LINE_DECODER = msgspec.json.Decoder(_WireLine)
 _ERROR_DECODER = msgspec.json.Decoder(_ErrorEnvelope)
 _USAGE_DECODER = msgspec.json.Decoder(_UsageEnvelope)
-_INPUT_DECODER = msgspec.json.Decoder(_InputLine)
 
 
 # Public values ----------------------------------------------------------------------------------------------
@@ -279,6 +301,18 @@ class ResultSummary:
         }
 
 
+@dataclass(frozen=True)
+class RowOptions:
+    """What the rows of a landed file carry beyond each request's outcome and answer."""
+
+    output_schema: UserSchema | None = None
+    """The caller's contract for every reply (a JSON Schema dict or a Pydantic model class), checked on
+    top of (in place of) the schema each request asked for; see :func:`~.answers.check_output`."""
+    include_request: bool = False
+    """Whether each row carries its request's body (``request``), so a downstream task sees what was
+    asked without joining on ``custom_id``; off by default, since it about doubles the file."""
+
+
 # Public functions -------------------------------------------------------------------------------------------
 
 
@@ -339,15 +373,23 @@ def write_joined(
     output_file: ResultSource | None = None,
     error_file: ResultSource | None = None,
     id_limit: int = DEFAULT_ID_LIMIT,
+    options: RowOptions | None = None,
+    batch_id: str | None = None,
 ) -> ResultSummary:
     """Write one JSONL row per input request, in input order, and return the summary of the same pass.
 
-    Each row is ``{"custom_id", "line", "ok", "status_code", "body", "error_code", "error_message"}`` where
-    ``line`` is the request's 1-based line in the input file and ``body`` is the response body exactly as the
-    result file had it. A request without a result line gets ``ok: false, error_code: "missing"``; an input
-    line without a readable ``custom_id`` gets ``custom_id: null, error_code: "malformed_input"``, so every
-    non-blank input line has exactly one row. When a ``custom_id`` has several result lines, the first
-    successful one wins, else the first one: a request that did succeed must not be reported failed.
+    A row holds the request's outcome (``custom_id``; ``line``, its 1-based line in the input file; ``ok``;
+    ``status_code``; ``error_code``; ``error_message``), its answer as flat columns (``text``, ``refusal``,
+    ``finish_reason``, ``tool_calls``, ``parsed``, ``embedding``/``embeddings``, ``flagged``/``categories``,
+    ``images``, token counts: :class:`~airflow_provider_batch.answers.Answer`), ``round`` (1 here),
+    ``batch_id``, ``request`` (the request body with ``options.include_request``, else null) and ``body``,
+    the response body exactly as the result file had it. A request without a result line gets ``ok: false,
+    error_code: "missing"``; an input line without a readable ``custom_id`` gets ``custom_id: null,
+    error_code: "malformed_input"``, so every non-blank input line has exactly one row. When a ``custom_id``
+    has several result lines, the first successful one wins, else the first one: a request that did succeed
+    must not be reported failed. A successful reply that is not the structured output its request asked for
+    (or not ``options.output_schema``) becomes ``ok: false, error_code: "invalid_output"`` with the reason,
+    and counts as failed in the summary.
 
     Memory grows with the number of requests, not with the size of the files: one pass over the result files
     records, per ``custom_id``, which file and byte range holds its line (about 20 MB for 50,000 requests);
@@ -371,7 +413,7 @@ def write_joined(
         index = _index_results(sources, tally)
         requests = _walk_input(stack.enter_context(_open_source(input_file)), index, tally)
         with _open_path(destination, "wb") as out:
-            _write_rows(out, requests, sources)
+            _write_rows(out, requests, sources, tally, options or RowOptions(), batch_id)
     return tally.summary()
 
 
@@ -478,6 +520,15 @@ class _Tally:
             code = result.error_code or "no_response"
             self.other[code] = self.other.get(code, 0) + 1
 
+    def invalid(self, custom_id: str) -> None:
+        """Move a counted success to the failures: its reply is not the structured output asked for.
+        Its usage stays counted: the request ran and was billed."""
+        self.succeeded -= 1
+        self.by_code[INVALID_OUTPUT] = self.by_code.get(INVALID_OUTPUT, 0) + 1
+        self.other[INVALID_OUTPUT] = self.other.get(INVALID_OUTPUT, 0) + 1
+        if len(self.failed_ids) < self.id_limit:
+            self.failed_ids.append(custom_id)
+
     def add_malformed(self, line: MalformedLine) -> None:
         self.malformed_total += 1
         if len(self.malformed) < MALFORMED_LIMIT:
@@ -547,19 +598,18 @@ def _index_results(sources: list[_Indexed], tally: _Tally) -> dict[str, _Slot]:
 
 def _walk_input(
     stream: IO[bytes], index: dict[str, _Slot], tally: _Tally
-) -> Iterator[tuple[int, str | None, _Slot | None]]:
-    """Yield ``(input line, custom_id, slot)`` per request in input order; record ``requests``, ``missing``
-    and ``unknown`` in ``tally`` once exhausted. ``custom_id`` is None for a malformed input line."""
+) -> Iterator[tuple[int, RequestInfo | None, _Slot | None]]:
+    """Yield ``(input line, request, slot)`` per request in input order; record ``requests``, ``missing``
+    and ``unknown`` in ``tally`` once exhausted. ``request`` is None for a malformed input line."""
     seen: set[str] = set()
     missing: list[str] = []
     missing_total = requests = 0
     for number, _, raw in JsonlLines(stream):
-        try:
-            custom_id = _INPUT_DECODER.decode(raw).custom_id
-        except msgspec.DecodeError as exc:
-            tally.add_malformed(MalformedLine("input", number, str(exc)[:REASON_LIMIT]))
+        request = read_input_line(raw, number, tally)
+        if request is None:
             yield number, None, None
             continue
+        custom_id = request.custom_id
         requests += 1
         seen.add(custom_id)
         slot = index.get(custom_id)
@@ -567,11 +617,78 @@ def _walk_input(
             missing_total += 1
             if len(missing) < tally.id_limit:
                 missing.append(custom_id)
-        yield number, custom_id, slot
+        yield number, request, slot
     unknown = [custom_id for custom_id in index if custom_id not in seen]
     tally.requests = requests
     tally.missing = tally.sample(missing, missing_total)
     tally.unknown = tally.sample(unknown, len(unknown))
+
+
+def read_input_line(raw: bytes, number: int, tally: _Tally) -> RequestInfo | None:
+    """An input line's request, or None for a line without a readable ``custom_id`` (recorded as
+    malformed in ``tally``)."""
+    try:
+        return read_request(raw)
+    except msgspec.DecodeError as exc:
+        tally.add_malformed(MalformedLine("input", number, str(exc)[:REASON_LIMIT]))
+        return None
+
+
+# Rows -------------------------------------------------------------------------------------------------------
+
+
+def make_row(
+    number: int,
+    request: RequestInfo | None,
+    result: BatchResult | None,
+    options: RowOptions,
+    *,
+    round_number: int = 1,
+    batch_id: str | None = None,
+) -> _Row:
+    """The landed row of input line ``number``: its outcome and its answer, the reply checked against
+    the structured output asked for. Without a ``result``, a ``missing`` row (or ``malformed_input``
+    without a ``request``)."""
+    carried = request.body if request is not None and options.include_request else _NULL
+    custom_id = request.custom_id if request is not None else None
+    if result is None:
+        code, message = (
+            (MISSING, "No output or error line has this custom_id.")
+            if request is not None
+            else (MALFORMED_INPUT, "This input line has no readable custom_id.")
+        )
+        return _Row(
+            custom_id=custom_id,
+            line=number,
+            ok=False,
+            status_code=None,
+            error_code=code,
+            error_message=message,
+            round=round_number,
+            batch_id=batch_id,
+            request=carried,
+        )
+    answer, invalid = answer_row(request, result.ok, result.body, user_schema=options.output_schema)
+    return _Row(
+        custom_id=custom_id,
+        line=number,
+        ok=result.ok and invalid is None,
+        status_code=result.status_code,
+        error_code=INVALID_OUTPUT if invalid is not None else result.error_code,
+        error_message=invalid if invalid is not None else result.error_message,
+        round=round_number,
+        batch_id=batch_id,
+        request=carried,
+        body=result.body,
+        **msgspec.structs.asdict(answer),
+    )
+
+
+def read_slot(sources: list[_Indexed], slot: _Slot, number: int) -> BatchResult:
+    """Read back the result line a slot points at; it carries the input's line ``number``."""
+    source = sources[slot[0]]
+    source.stream.seek(slot[1])
+    return _to_result(_LINE_DECODER.decode(source.stream.read(slot[2])), number)
 
 
 # I/O --------------------------------------------------------------------------------------------------------
@@ -631,37 +748,46 @@ def _seekable_copy(label: str, source: ResultSource) -> Iterator[_Indexed]:
 
 
 def _write_rows(
-    out: IO[bytes], requests: Iterator[tuple[int, str | None, _Slot | None]], sources: list[_Indexed]
+    out: IO[bytes],
+    requests: Iterator[tuple[int, RequestInfo | None, _Slot | None]],
+    sources: list[_Indexed],
+    tally: _Tally,
+    options: RowOptions,
+    batch_id: str | None,
 ) -> None:
     """Encode the joined rows into one buffer written in ~1 MiB pieces: a ``write`` per row would pay the
     per-call cost of fsspec and of Airflow's lineage wrapper tens of thousands of times."""
-    encoder = msgspec.json.Encoder()
-    buffer = bytearray()
-    for number, custom_id, slot in requests:
-        if slot is None:
-            code, message = (
-                (MISSING, "No output or error line has this custom_id.")
-                if custom_id is not None
-                else (MALFORMED_INPUT, "This input line has no readable custom_id.")
-            )
-            row = _Row(custom_id, number, False, None, _NULL, code, message)
-        else:
-            source = sources[slot[0]]
-            source.stream.seek(slot[1])
-            # The line decoded once already; the row carries the input line number, not the result's.
-            result = _to_result(_LINE_DECODER.decode(source.stream.read(slot[2])), number)
-            row = _Row(
-                custom_id,
-                number,
-                result.ok,
-                result.status_code,
-                result.body,
-                result.error_code,
-                result.error_message,
-            )
-        encoder.encode_into(row, buffer, -1)
-        buffer += b"\n"
-        if len(buffer) >= BLOCK_SIZE:
-            out.write(bytes(buffer))
-            buffer.clear()
-    out.write(bytes(buffer))
+    sink = RowSink(out)
+    for number, request, slot in requests:
+        result = read_slot(sources, slot, number) if slot is not None else None
+        row = make_row(number, request, result, options, batch_id=batch_id)
+        if result is not None and result.ok and not row.ok:
+            tally.invalid(result.custom_id)
+        sink.row(row)
+    sink.flush()
+
+
+class RowSink:
+    """Rows (structs) or lines (bytes) written to a stream in ~1 MiB pieces, one encoder and one buffer."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.buffer = bytearray()
+        self.encoder = msgspec.json.Encoder()
+
+    def line(self, data: bytes) -> None:
+        self.buffer += data
+        self.buffer += b"\n"
+        if len(self.buffer) >= BLOCK_SIZE:
+            self.flush()
+
+    def row(self, row: msgspec.Struct) -> None:
+        self.encoder.encode_into(row, self.buffer, -1)
+        self.buffer += b"\n"
+        if len(self.buffer) >= BLOCK_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.out.write(bytes(self.buffer))
+            self.buffer.clear()

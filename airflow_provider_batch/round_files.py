@@ -48,6 +48,7 @@ def fetch_round(hook: OpenAIBatchHook, job_round: JobRound, directory: Path) -> 
                     error_file=files[1],
                     # The last batch holds "the rest": an input_file_id batch's count may be unknown.
                     requests=None if last else job_batch.lines,
+                    batch_id=batch.batch_id,
                 )
             )
     return input_file, batches

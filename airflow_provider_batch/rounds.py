@@ -3,14 +3,15 @@
 A job runs its input as batches (shards); when a round of batches has ended, the lines without a success
 are resubmitted, and only those, up to ``max_rounds`` rounds (issue 12). Two promises shape this module:
 
-* **No line is paid for twice.** A line is resubmitted only when the request never ran (its batch expired
-  first, or no result line came back at all) or when it failed in a way a later attempt can fix (rate
-  limits, server errors). A success is never resubmitted, nor a failure the same bytes would meet again
-  (400, 401, 404...), nor anything of a job the user cancelled. :data:`RULES` is the whole rule, in one
-  table, and :func:`classify_line` applies it to plain values.
+* **No line is paid for twice** (but by choice). A line is resubmitted only when the request never ran (its
+  batch expired first, or no result line came back at all), when it failed in a way a later attempt can
+  fix (rate limits, server errors), or, the one paid retry, when its reply is not the structured output
+  it asked for (``invalid_output``): a row the next task cannot use. A success is never resubmitted, nor
+  a failure the same bytes would meet again (400, 401, 404...), nor anything of a job the user cancelled.
+  :data:`RULES` is the whole rule, in one table, and :func:`classify_line` applies it to plain values.
 * **One result file, however many rounds.** The merged file has one row per input line, in input order,
-  across all shards and rounds: the row format of :func:`~airflow_provider_batch.results.write_joined`
-  plus ``round``, the 1-based round whose attempt the row is. A line's row is its last attempt.
+  across all shards and rounds: the row format of :func:`~airflow_provider_batch.results.write_joined`,
+  ``round`` being the 1-based round whose attempt the row is. A line's row is its last attempt.
 
 :func:`close_round` does both for one round in one streaming pass, batch by batch: it indexes one batch's
 result files at a time (the per-request index of :mod:`~airflow_provider_batch.results`, so memory is
@@ -33,24 +34,21 @@ from typing import IO, Any
 import msgspec
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_batch.jsonl import BLOCK_SIZE, JsonlLines
-
-# One index and one parser for result files: results.py's internals, shared on purpose.
+# One index, one parser and one row for result files: results.py's internals, shared on purpose.
+from airflow_provider_batch.answers import INVALID_OUTPUT
+from airflow_provider_batch.jsonl import JsonlLines
 from airflow_provider_batch.results import (
-    _INPUT_DECODER,
-    _LINE_DECODER,
     CANCELLED,
     DEFAULT_ID_LIMIT,
     EXPIRED,
     MALFORMED_INPUT,
     MISSING,
-    REASON_LIMIT,
-    BatchResult,
     Destination,
     IdSample,
-    MalformedLine,
     ResultSource,
     ResultSummary,
+    RowOptions,
+    RowSink,
     _index_results,
     _Indexed,
     _open_path,
@@ -59,8 +57,10 @@ from airflow_provider_batch.results import (
     _seekable_copy,
     _Slot,
     _Tally,
-    _to_result,
     failure_code,
+    make_row,
+    read_input_line,
+    read_slot,
 )
 from airflow_provider_batch.status import TERMINAL, BatchStatus, parse_status
 
@@ -95,6 +95,10 @@ RULES: Mapping[str, Verdict] = MappingProxyType(
         "rate_limit_exceeded": Verdict.RETRY,
         "server_error": Verdict.RETRY,  # also the type OpenAI's 5xx bodies carry in place of a code
         "insufficient_quota": Verdict.FINAL,  # a 429 that only a payment fixes, not a later attempt
+        # The request ran (and was billed), but its reply is not the structured output it asked for. A
+        # model's reply varies from one attempt to the next, and a row the next task cannot use is worth
+        # one more paid attempt: the only retry that pays for a line again (max_rounds=1 turns it off).
+        INVALID_OUTPUT: Verdict.RETRY,
         # HTTP statuses, for a code not named above: the statuses the provider's own call retry policy treats
         # as transient (hooks/retry.py), so a line and a call are retried for the same reasons.
         "http_408": Verdict.RETRY,
@@ -192,6 +196,8 @@ class RoundBatch:
     error_file: ResultSource | None = None
     requests: int | None = None
     """Non-blank lines of the round's input this batch held; None (only for the last batch): the rest."""
+    batch_id: str | None = None
+    """The batch's id, written in its rows."""
 
 
 @dataclass(frozen=True)
@@ -277,6 +283,7 @@ def close_round(
     merged: Destination | None = None,
     previous_merged: ResultSource | None = None,
     id_limit: int = DEFAULT_ID_LIMIT,
+    options: RowOptions | None = None,
 ) -> RoundPlan:
     """Classify every request of a finished round, write the next round's input and the merged file.
 
@@ -296,6 +303,8 @@ def close_round(
         Its rows are copied unchanged except those of this round's requests, which keep their ``line`` (the
         line in the original input) and take this round's attempt.
     :param id_limit: how many ids each id list keeps; totals stay exact.
+    :param options: what the rows carry, and the caller's schema for every reply; a reply that is not the
+        structured output asked for is ``invalid_output``, resubmitted like a retryable failure.
     :raises ValueError: when the files do not fit together: batch counts that do not add up to the input,
         result lines for requests outside their batch's range (the wrong files, or a wrong ``requests``
         count: resubmitting then could pay twice), or a round input that is not a subsequence of the
@@ -303,20 +312,20 @@ def close_round(
     """
     _check_arguments(round_number, batches, merged, previous_merged)
     job_cancelled = any(_terminal(batch.status) is BatchStatus.CANCELLED for batch in batches)
-    walk = _RoundWalk(_Tally(id_limit), id_limit)
+    walk = _RoundWalk(_Tally(id_limit), id_limit, options or RowOptions(), round_number)
     merged_tally = _MergedTally(id_limit)
     with ExitStack() as stack:
         lines = iter(JsonlLines(stack.enter_context(_open_source(input_file))))
         resubmit = (
-            _Sink(stack.enter_context(_open_path(next_input, "wb"))) if next_input is not None else None
+            RowSink(stack.enter_context(_open_path(next_input, "wb"))) if next_input is not None else None
         )
         rows = None
         if merged is not None:
             previous = (
                 stack.enter_context(_open_source(previous_merged)) if previous_merged is not None else None
             )
-            out = _Sink(stack.enter_context(_open_path(merged, "wb")))
-            rows = _Merger(out, previous, round_number, merged_tally)
+            out = RowSink(stack.enter_context(_open_path(merged, "wb")))
+            rows = _Merger(out, previous, merged_tally)
         for position, batch in enumerate(batches, 1):
             status = BatchStatus.CANCELLED if job_cancelled else _terminal(batch.status)
             with ExitStack() as files:
@@ -329,7 +338,7 @@ def close_round(
                 taken = 0
                 for number, _, raw in itertools.islice(lines, batch.requests):
                     taken += 1
-                    walk.line(number, raw, status, index, sources, resubmit, rows)
+                    walk.line(number, raw, status, index, sources, resubmit, rows, batch.batch_id)
             if batch.requests is not None and taken < batch.requests:
                 raise ValueError(
                     f"Batch {position} holds {batch.requests} requests; the input had {taken} left."
@@ -370,16 +379,6 @@ def summarize_merged(source: ResultSource, *, id_limit: int = DEFAULT_ID_LIMIT) 
 
 
 # Internals --------------------------------------------------------------------------------------------------
-
-
-_NULL = msgspec.Raw(b"null")
-_ENCODER = msgspec.json.Encoder()
-
-
-class _RoundRow(_Row):
-    """A merged row: the joined row, then ``round``."""
-
-    round: int
 
 
 class _RowHead(msgspec.Struct):
@@ -435,29 +434,6 @@ def _same_file(one: Destination, other: ResultSource | None) -> bool:
     return False
 
 
-class _Sink:
-    """Lines gathered into ~1 MiB writes: a ``write`` per line costs fsspec and Airflow's lineage wrapper
-    their per-call overhead a million times."""
-
-    def __init__(self, out: IO[bytes]) -> None:
-        self.out = out
-        self.buffer = bytearray()
-
-    def line(self, data: bytes) -> None:
-        self.buffer += data
-        self.buffer += b"\n"
-        if len(self.buffer) >= BLOCK_SIZE:
-            self.flush()
-
-    def row(self, row: msgspec.Struct) -> None:
-        _ENCODER.encode_into(row, self.buffer, -1)
-        self.line(b"")
-
-    def flush(self) -> None:
-        self.out.write(bytes(self.buffer))
-        self.buffer.clear()
-
-
 @dataclass
 class _MergedTally:
     id_limit: int
@@ -468,7 +444,7 @@ class _MergedTally:
     failed_by_round: dict[int, int] = field(default_factory=dict)
     failed_ids: list[str] = field(default_factory=list)
 
-    def add(self, row: _RowHead | _RoundRow) -> None:
+    def add(self, row: _RowHead | _Row) -> None:
         self.requests += 1
         if row.ok:
             self.succeeded += 1
@@ -504,38 +480,18 @@ class _Merger:
     request's row: the rows before it are copied as they are, and it is replaced.
     """
 
-    def __init__(
-        self, out: _Sink, previous: IO[bytes] | None, round_number: int, tally: _MergedTally
-    ) -> None:
+    def __init__(self, out: RowSink, previous: IO[bytes] | None, tally: _MergedTally) -> None:
         self.out = out
         self.previous: Iterator[tuple[int, int, bytes]] | None = (
             iter(JsonlLines(previous)) if previous is not None else None
         )
-        self.round = round_number
         self.tally = tally
 
-    def add(self, number: int, custom_id: str | None, result: BatchResult | None, code: str) -> None:
-        """Write the row of the round's input line ``number``; without a ``result``, a row that says
-        ``code`` (``missing`` or ``malformed_input``)."""
-        line = self._skip_to(custom_id) if self.previous is not None else number
-        if result is None:
-            message = (
-                "No output or error line has this custom_id."
-                if code == MISSING
-                else "This input line has no readable custom_id."
-            )
-            row = _RoundRow(custom_id, line, False, None, _NULL, code, message, self.round)
-        else:
-            row = _RoundRow(
-                custom_id,
-                line,
-                result.ok,
-                result.status_code,
-                result.body,
-                result.error_code,
-                result.error_message,
-                self.round,
-            )
+    def add(self, row: _Row) -> None:
+        """Write the row of one of the round's requests; after round 1 it takes the ``line`` of the
+        request's row in the previous merged file (its line in the original input)."""
+        if self.previous is not None:
+            row.line = self._skip_to(row.custom_id)
         self.out.row(row)
         self.tally.add(row)
 
@@ -568,9 +524,11 @@ class _Merger:
 class _RoundWalk:
     """The per-line work of :func:`close_round` and its counters."""
 
-    def __init__(self, tally: _Tally, id_limit: int) -> None:
+    def __init__(self, tally: _Tally, id_limit: int, options: RowOptions, round_number: int) -> None:
         self.tally = tally
         self.id_limit = id_limit
+        self.options = options
+        self.round = round_number
         self.counts: dict[Verdict, dict[str, int]] = {verdict: {} for verdict in Verdict}
         self.retries = 0
         self.retry_ids: list[str] = []
@@ -585,37 +543,44 @@ class _RoundWalk:
         status: BatchStatus,
         index: dict[str, _Slot],
         sources: list[_Indexed],
-        resubmit: _Sink | None,
+        resubmit: RowSink | None,
         rows: _Merger | None,
+        batch_id: str | None,
     ) -> None:
-        try:
-            custom_id = _INPUT_DECODER.decode(raw).custom_id
-        except msgspec.DecodeError as exc:
-            self.tally.add_malformed(MalformedLine("input", number, str(exc)[:REASON_LIMIT]))
+        request = read_input_line(raw, number, self.tally)
+        if request is None:
             self._count(LineVerdict(Verdict.FINAL, MALFORMED_INPUT))
             if rows is not None:
-                rows.add(number, None, None, MALFORMED_INPUT)
+                rows.add(
+                    make_row(number, None, None, self.options, round_number=self.round, batch_id=batch_id)
+                )
             return
+        custom_id = request.custom_id
         self.requests += 1
         # Popped, so what is left once the batch's range is walked are ids the range does not hold.
         slot = index.pop(custom_id, None)
-        result = None
-        if slot is not None and (rows is not None or not slot[3]):  # a success needs no re-read to classify
-            source = sources[slot[0]]
-            source.stream.seek(slot[1])
-            result = _to_result(_LINE_DECODER.decode(source.stream.read(slot[2])), number)
         if slot is None:
             self.missing += 1
             if len(self.missing_ids) < self.id_limit:
                 self.missing_ids.append(custom_id)
-        if slot is not None and slot[3]:
+        # A success needs no re-read to be classified, unless its reply is checked or its row written.
+        checked = request.expected is not None or self.options.output_schema is not None
+        row = None
+        if slot is not None and (rows is not None or checked or not slot[3]):
+            result = read_slot(sources, slot, number)
+            row = make_row(number, request, result, self.options, round_number=self.round, batch_id=batch_id)
+            if result.ok and not row.ok:
+                self.tally.invalid(custom_id)
+        elif slot is None and rows is not None:
+            row = make_row(number, request, None, self.options, round_number=self.round, batch_id=batch_id)
+        if slot is not None and (row is None or row.ok):
             verdict = _SUCCEEDED
         else:
             verdict = classify_line(
                 batch_status=status,
-                ok=None if result is None else False,
-                status_code=result.status_code if result else None,
-                error_code=result.error_code if result else None,
+                ok=None if slot is None else False,
+                status_code=row.status_code if row is not None else None,
+                error_code=row.error_code if row is not None else None,
             )
         self._count(verdict)
         if verdict.verdict is Verdict.RETRY:
@@ -625,7 +590,8 @@ class _RoundWalk:
             if resubmit is not None:
                 resubmit.line(raw)
         if rows is not None:
-            rows.add(number, custom_id, result, MISSING)
+            assert row is not None
+            rows.add(row)
 
     def _count(self, verdict: LineVerdict) -> None:
         reasons = self.counts[verdict.verdict]

@@ -173,6 +173,9 @@ class ShardPlan:
     :param model: the model of the input's requests (one per input, hence one per shard).
     :param embedding_inputs: embedding inputs across the input.
     :param tokens: token estimates per model, when the pass counted them.
+    :param structured: some request may ask for a structured output (its line mentions
+        ``"response_format"`` or ``"format"``), so its reply is checked when it is read; a cheap test that
+        may say yes in vain (a prompt quoting the word), which only costs reading a round's files.
     """
 
     endpoint: str
@@ -183,6 +186,12 @@ class ShardPlan:
     model: str | None
     embedding_inputs: int
     tokens: Mapping[str | None, ModelTokens] = field(default_factory=dict)
+    structured: bool = False
+
+
+STRUCTURED_OUTPUT_KEYS = (b'"response_format"', b'"format"')
+"""Keys whose presence in a request line means it may ask for a structured output (Chat's
+``response_format``; the Responses API's ``text.format``)."""
 
 
 class _IdDigests:
@@ -333,6 +342,7 @@ def split_batch_file(
     size = ShardSize()
     first = last = 0
     counted = _ShardTokens()
+    structured = False
     try:
         with _open(source, "rb") as stream:
             lines = JsonlLines(stream)
@@ -362,6 +372,7 @@ def split_batch_file(
                     size.requests + 1, size.bytes + line_bytes, size.embedding_inputs + line_inputs
                 )
                 counted.add(checker.line_tokens, len(raw))
+                structured = structured or any(key in raw for key in STRUCTURED_OUTPUT_KEYS)
                 if not checker.errors:  # an invalid input is only checked from its first error on
                     files.write(raw, newline)
         report = checker.finish(lines.bytes_read)
@@ -395,6 +406,7 @@ def split_batch_file(
         model=report.model,
         embedding_inputs=report.embedding_inputs,
         tokens=report.tokens,
+        structured=structured,
     )
 
 

@@ -209,11 +209,6 @@ def test_object_storage_results_are_one_output_though_airflow_also_reports_the_w
     assert len([uri for uri in outputs(collector) if uri.endswith("/sensor/results.jsonl")]) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="landing.require_writable writes its probe through ObjectStoragePath.open, which Airflow"
-    " reports as an output; open it with probe.fs.open(probe.path, 'wb') instead",
-)
 def test_the_write_check_probe_is_not_reported_as_an_output(collector: Any, server: EmulatorProcess) -> None:
     batch_id, _ = submit(server)
     landed = ObjectStoragePath("memory://lineage-tests/probe/results.jsonl")
@@ -223,10 +218,9 @@ def test_the_write_check_probe_is_not_reported_as_an_output(collector: Any, serv
     assert [uri.rsplit("/", 1)[-1] for uri in outputs(collector)] == ["results.jsonl"]
 
 
-# The operator (wired by the lead in operators/batch.py) -------------------------------------------
+# The operator -------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="the operator does not call report_input/report_output yet")
 def test_the_operator_reports_its_input_path_and_landed_results(
     collector: Any, server: EmulatorProcess, tmp_path: Path
 ) -> None:
@@ -244,7 +238,6 @@ def test_the_operator_reports_its_input_path_and_landed_results(
     assert outputs(collector) == [f"file://{landed}"]
 
 
-@pytest.mark.xfail(strict=True, reason="the operator does not call report_input/report_output yet")
 def test_the_operator_reports_the_file_it_uploaded_from_records(
     collector: Any, server: EmulatorProcess
 ) -> None:
@@ -363,11 +356,6 @@ def test_an_openai_file_becomes_a_dataset_in_the_api_hosts_namespace() -> None:
     assert (dataset.namespace, dataset.name) == ("openai://api.openai.com", "files/file-1")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="get_provider_info() does not declare asset-uris for openai:// yet; OpenLineage drops"
-    " assets whose scheme has no handler and converter",
-)
 def test_airflow_knows_the_openai_scheme() -> None:
     asset = Asset(uri="openai://API.openai.com/files/file-1")
     assert asset.normalized_uri == "openai://api.openai.com/files/file-1"

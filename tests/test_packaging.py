@@ -21,11 +21,14 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "airflow_provider_batch"
 LOWEST_CONSTRAINTS = ROOT / "constraints-airflow-3.1.txt"
+RUNTIME_EXTRAS = ("parquet",)
+"""Extras that features of the package need (imported lazily, with a clear error when missing)."""
 
 
 def declared_dependencies() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [Requirement(line) for line in project["dependencies"]]
+    extras = [line for extra in RUNTIME_EXTRAS for line in project["optional-dependencies"][extra]]
+    return [Requirement(line) for line in [*project["dependencies"], *extras]]
 
 
 def pinned_versions(constraints: Path) -> dict[NormalizedName, Version]:

@@ -373,7 +373,12 @@ def test_join_follows_input_order_although_results_are_shuffled(chat: Landed, tm
     assert [row["status_code"] for row in rows] == [
         FAILURES.get(i, {"status_code": 200})["status_code"] for i in range(9)
     ]
-    assert list(rows[0]) == ["custom_id", "line", "ok", "status_code", "body", "error_code", "error_message"]
+    assert list(rows[0]) == [
+        "custom_id", "line", "ok", "status_code", "error_code", "error_message",
+        "text", "refusal", "finish_reason", "tool_calls", "parsed", "embedding", "embeddings", "flagged",
+        "categories", "images", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
+        "round", "batch_id", "request", "body",
+    ]  # fmt: skip
 
     results = by_id(results_of(chat.output) + results_of(chat.error))
     for raw_row, row in zip(target.read_bytes().splitlines(), rows, strict=True):
@@ -480,14 +485,12 @@ def test_malformed_lines_are_reported_without_aborting(chat: Landed, tmp_path: P
     ]
     rows = joined_rows(target)
     assert len(rows) == 10
-    assert rows[3] == {
-        "custom_id": None,
+    assert {key: value for key, value in rows[3].items() if value is not None} == {
         "line": 4,
         "ok": False,
-        "status_code": None,
-        "body": None,
         "error_code": "malformed_input",
         "error_message": "This input line has no readable custom_id.",
+        "round": 1,
     }
     assert [row["custom_id"] for row in rows if row["custom_id"]] == chat.ids
 

@@ -50,6 +50,7 @@ from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
 
 from airflow_provider_batch import budget, cost
 from airflow_provider_batch import requests as batch_requests
+from airflow_provider_batch.answers import INVALID_OUTPUT, UserSchema, check_user_schema
 from airflow_provider_batch.completion import (
     XCOM_BATCH_ID,
     XCOM_RETURN_KEY,
@@ -88,8 +89,11 @@ from airflow_provider_batch.job import (
 )
 from airflow_provider_batch.landing import as_path, land_job_results, require_writable
 from airflow_provider_batch.limits import MAX_METADATA_PAIRS, endpoint_problem
+from airflow_provider_batch.lineage import report_input, report_output
 from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink, reserve_batch_url
+from airflow_provider_batch.parquet import OUTPUT_FORMATS, output_format_for, require_parquet
 from airflow_provider_batch.pricing import PriceTable
+from airflow_provider_batch.results import RowOptions
 from airflow_provider_batch.round_files import fetch_round
 from airflow_provider_batch.rounds import close_round
 from airflow_provider_batch.shards import ShardLimits, ShardPlan, split_batch_file
@@ -178,9 +182,21 @@ class OpenAIBatchOperator(BaseOperator):
     :param max_failed_fraction: the share of the job's lines that may fail for good before the task
         fails (0.0: any failed line fails the task; 1.0: never). A job whose lines all failed fails the
         task unless this is 1.0.
-    :param output_path: land the results joined back into input order (one JSONL row per request,
-        across batches and rounds) at this local path or ``ObjectStoragePath``; the manifest then carries
-        ``results_uri`` and a summary. Without it, results stay in OpenAI's files (ids in the manifest).
+    :param output_path: land the results joined back into input order (one row per request, across
+        batches and rounds: its outcome, its answer in flat columns, its usage) at this local path or
+        ``ObjectStoragePath``; the manifest then carries ``results_uri`` and a summary. Without it,
+        results stay in OpenAI's files (ids in the manifest).
+    :param output_format: ``jsonl`` (every row with its raw response body) or ``parquet`` (typed columns
+        for ETL, no body; needs the ``parquet`` extra). Default: ``parquet`` when ``output_path`` ends in
+        ``.parquet``, else ``jsonl``.
+    :param output_schema: a JSON Schema (dict) or a Pydantic model class every reply must match, on top of
+        the schema each request asks for itself (``response_format`` / ``text.format``). A reply that does
+        not parse or match is ``invalid_output``: a failed row with the reason, resubmitted by the next
+        round (the one retry that is paid again), counted failed in the summary.
+    :param include_request: each landed row also carries its request's body (``request``).
+    :param fail_on_invalid_output: whether ``invalid_output`` rows count towards ``max_failed_fraction``
+        (default: they do, since a row the next task cannot parse is a failure of the pipeline even when
+        the API call succeeded; set ``False`` to land them, marked, and let the task succeed).
     :param max_consecutive_failures: failed status calls tolerated in a row while waiting.
     """
 
@@ -225,6 +241,10 @@ class OpenAIBatchOperator(BaseOperator):
         cancel_on_kill: bool = True,
         max_failed_fraction: float = 0.0,
         output_path: str | os.PathLike[str] | ObjectStoragePath | None = None,
+        output_format: str | None = None,
+        output_schema: UserSchema | None = None,
+        include_request: bool = False,
+        fail_on_invalid_output: bool = True,
         max_consecutive_failures: int = 5,
         **kwargs: Any,
     ) -> None:
@@ -268,6 +288,16 @@ class OpenAIBatchOperator(BaseOperator):
                 " tokens; an input_file_id is not read before it is submitted"
             )
         cost.price_table(prices)  # a typo in a price fails the DAG's import, not a run
+        if output_format is not None and output_format not in OUTPUT_FORMATS:
+            raise ValueError(
+                f"{self.task_id}: output_format must be one of {', '.join(OUTPUT_FORMATS)},"
+                f" got {output_format!r}"
+            )
+        if output_schema is not None:
+            try:
+                check_user_schema(output_schema)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{self.task_id}: output_schema: {exc}") from None
         budget.check_budget(max_enqueued_tokens, self.task_id)
         if isinstance(endpoint, str) and "{{" not in endpoint and (problem := endpoint_problem(endpoint)):
             raise ValueError(f"{self.task_id}: {problem}")  # a literal typo fails the DAG's import
@@ -298,6 +328,10 @@ class OpenAIBatchOperator(BaseOperator):
         self.cancel_on_kill = cancel_on_kill
         self.max_failed_fraction = max_failed_fraction
         self.output_path = output_path
+        self.output_format = output_format
+        self.output_schema = output_schema
+        self.include_request = include_request
+        self.fail_on_invalid_output = fail_on_invalid_output
         self.max_consecutive_failures = max_consecutive_failures
         self.batch_id: str | None = None
         self.watched_batch_ids: list[str] = []
@@ -338,6 +372,25 @@ class OpenAIBatchOperator(BaseOperator):
         return budget.enqueued(recent, model)
 
     @property
+    def rows(self) -> RowOptions:
+        """What the landed rows carry, and the schema every reply is checked against."""
+        return RowOptions(output_schema=self.output_schema, include_request=self.include_request)
+
+    @property
+    def landing_format(self) -> str:
+        """``jsonl`` or ``parquet``: the explicit ``output_format``, else by ``output_path``'s suffix."""
+        return output_format_for(self.output_path or "", self.output_format)
+
+    def _checks_replies(self, plan: ShardPlan | None) -> bool:
+        """Whether a round's replies are checked against a structured output, so that only its files
+        (not the API's counts) tell which lines succeeded."""
+        return self.output_schema is not None or (plan is not None and plan.structured)
+
+    def _tolerated(self) -> tuple[str, ...]:
+        """Failure reasons that do not count towards ``max_failed_fraction``."""
+        return () if self.fail_on_invalid_output else (INVALID_OUTPUT,)
+
+    @property
     def limits(self) -> ShardLimits:
         return ShardLimits.from_batch_caps(self.max_requests_per_batch, self.max_bytes_per_batch)
 
@@ -349,6 +402,8 @@ class OpenAIBatchOperator(BaseOperator):
             raise OpenAIBatchConfigError(f"{self.task_id}: {problem}")
         if self.output_path is not None:
             require_writable(self.output_path)
+            if self.landing_format == "parquet":
+                require_parquet()
         prices = self.price_table  # a bad price in the connection's extra fails here, before anything is sent
         with tempfile.TemporaryDirectory(prefix="openai-batch-") as workdir:
             source = self._input_source(Path(workdir))
@@ -363,7 +418,7 @@ class OpenAIBatchOperator(BaseOperator):
                         raise
                     # Refused at create (Azure's "fail fast"): nothing exists; wait for room, then submit.
                     self.log.info("The batch was refused for the enqueued-token limit; waiting for room")
-                    waiting = JobRound(1, (), planned=1)
+                    waiting = JobRound(1, (), planned=1, checked=self._checks_replies(plan))
                     state = JobState(
                         key,
                         False,
@@ -465,16 +520,19 @@ class OpenAIBatchOperator(BaseOperator):
         ti = context["ti"]
         ti.xcom_push(key=XCOM_BATCH_ID, value=batch.batch_id)
         ti.xcom_push(key=BATCH_URL_XCOM_KEY, value=self.hook.batch_url(batch.batch_id))
-        state = self._single_state(batch, key)
+        state = self._single_state(batch, key, plan)
         if plan is not None:  # the request count is known from the validation pass
             only = replace(state.current.batches[0], requests=plan.requests)
             state = state.with_round(replace(state.current, batches=(only,)))
         return state
 
-    def _single_state(self, batch: BatchSnapshot, key: str | None = None) -> JobState:
+    def _single_state(
+        self, batch: BatchSnapshot, key: str | None = None, plan: ShardPlan | None = None
+    ) -> JobState:
         key = key or (batch.metadata or {}).get(IDEMPOTENCY_KEY, "")
         end_time = (batch.created_at or time.time()) + self.timeout
-        return JobState(key, False, end_time, (JobRound(1, (JobBatch(1, None, key, batch),)),))
+        only = JobRound(1, (JobBatch(1, None, key, batch),), checked=self._checks_replies(plan))
+        return JobState(key, False, end_time, (only,))
 
     def _wait(self, state: JobState) -> dict[str, Any]:
         """Wait for the current round's unfinished batches: defer (this raises), or poll on the worker.
@@ -576,7 +634,8 @@ class OpenAIBatchOperator(BaseOperator):
                     if error.code != budget.TOKEN_LIMIT_CODE:
                         raise
                     return state  # refused at create again: still waiting for room
-                return state.with_round(JobRound(1, (JobBatch(1, None, state.submission_key, batch),)))
+                only = JobBatch(1, None, state.submission_key, batch)
+                return state.with_round(JobRound(1, (only,), checked=self._checks_replies(None)))
             return self._submit_round(context, state, number, plan)
 
     def _close_round(self, state: JobState, workdir: Path) -> tuple[JobState, Path]:
@@ -593,7 +652,11 @@ class OpenAIBatchOperator(BaseOperator):
         with self.hook.explaining(f"Reading the files of round {job_round.number}"):
             input_file, batches = fetch_round(self.hook, job_round, workdir)
         plan = close_round(
-            round_number=job_round.number, input_file=input_file, batches=batches, next_input=next_input
+            round_number=job_round.number,
+            input_file=input_file,
+            batches=batches,
+            next_input=next_input,
+            options=self.rows,
         )
         outcome = RoundOutcome.from_plan(plan)
         self.log.info(
@@ -669,7 +732,7 @@ class OpenAIBatchOperator(BaseOperator):
             self.log.info("Round %d, shard %d: batch %s created", number, shard.index, batch.batch_id)
             batches.append(JobBatch(shard.index, shard.requests, key, batch))
         planned = len(plan.shards) if len(batches) < len(plan.shards) else None
-        job_round = JobRound(number, tuple(batches), planned=planned)
+        job_round = JobRound(number, tuple(batches), planned=planned, checked=self._checks_replies(plan))
         if number == 1 and not state.rounds:
             created = [b.batch.created_at for b in batches if b.batch.created_at]
             state = replace(state, end_time=(min(created) if created else time.time()) + self.timeout)
@@ -794,19 +857,33 @@ class OpenAIBatchOperator(BaseOperator):
             for job_batch in state.current.batches:
                 if not job_batch.batch.is_terminal:
                     cancel_quietly(self.hook, job_batch.batch.batch_id, self.log)
+        # Lineage from the run that finishes the task: what a run before a deferral reported died with it.
+        first_round = [job_batch.batch.input_file_id for job_batch in state.rounds[0].batches]
+        report_input(self.hook, path=self.input_path, file_ids=[self.input_file_id, *first_round])
         if state.single_batch:
             batch = state.current.batches[0].batch
             self.batch_id = batch.batch_id
             event = wait_event if wait_event is not None else self._terminal_event(batch, state.end_time)
-            return finish_batch(
-                context,
-                event,
-                hook=self.hook,
-                max_failed_fraction=self.max_failed_fraction,
-                output_path=self.output_path,
-                outlets=self.outlets,
-                extra=self._costs(state),
-            )
+            outcome = state.current.outcome
+            try:
+                result = finish_batch(
+                    context,
+                    event,
+                    hook=self.hook,
+                    max_failed_fraction=self.max_failed_fraction,
+                    output_path=self.output_path,
+                    output_format=self.landing_format,
+                    rows=self.rows,
+                    invalid_outputs=state.failed_by_reason().get(INVALID_OUTPUT, 0) if outcome else None,
+                    fail_on_invalid_output=self.fail_on_invalid_output,
+                    outlets=self.outlets,
+                    extra=self._costs(state),
+                )
+            except OpenAIBatchPartialFailure as failure:
+                report_output(self.hook, failure.results_uri)
+                raise
+            report_output(self.hook, result.get("results_uri"))
+            return result
         return self._finish_job(context, state, wait_event)
 
     def _costs(self, state: JobState) -> dict[str, Any]:
@@ -833,13 +910,18 @@ class OpenAIBatchOperator(BaseOperator):
         wait_reason = wait_event["termination_reason"] if wait_event else None
         landed = None
         if self.output_path is not None and state.current.ended:
-            landed = land_job_results(self.hook, state, self.output_path)
+            landed = land_job_results(
+                self.hook, state, self.output_path, output_format=self.landing_format, rows=self.rows
+            )
+            report_output(self.hook, landed["results_uri"])
         result = job_manifest(state, max_rounds=self.max_rounds, wait_reason=wait_reason, landed=landed)
         result.update(self._costs(state))
         ti = context["ti"]
         ti.xcom_push(key=XCOM_BATCH_IDS, value=result["batch_ids"])
         ended = ending(state, wait_reason=wait_reason)
-        too_many_failed = ended is None and partial_failure(state, self.max_failed_fraction)
+        too_many_failed = ended is None and partial_failure(
+            state, self.max_failed_fraction, tolerated=self._tolerated()
+        )
         if ended is not None or too_many_failed:
             # As for one batch: the manifest reaches downstream tasks that run anyway (all_done).
             ti.xcom_push(key=XCOM_RETURN_KEY, value=result)
