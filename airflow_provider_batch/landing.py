@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import ObjectStoragePath
 
+from airflow_provider_batch.answers import UserSchema, check_user_schema
 from airflow_provider_batch.exceptions import OpenAIBatchConfigError, OpenAIBatchLandingError
-from airflow_provider_batch.parquet import write_parquet
+from airflow_provider_batch.parquet import OUTPUT_FORMATS, output_format_for, require_parquet, write_parquet
 from airflow_provider_batch.results import Destination, RowOptions, write_joined
 from airflow_provider_batch.round_files import fetch_round
 from airflow_provider_batch.rounds import close_round
@@ -63,6 +64,30 @@ def require_writable(output_path: Any) -> None:
             " was uploaded or submitted. Fix the path, its storage connection, or install the"
             " filesystem package for its scheme (for example s3fs for s3://)."
         ) from None
+
+
+def check_landing_arguments(output_format: str | None, output_schema: UserSchema | None) -> None:
+    """Refuse, when the DAG is parsed, an ``output_format`` or an ``output_schema`` that could never work.
+
+    :raises ValueError: naming the argument and what it expects.
+    """
+    if output_format is not None and output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
+    if output_schema is not None:
+        try:
+            check_user_schema(output_schema)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"output_schema: {exc}") from None
+
+
+def require_landing(output_path: Any, output_format: str | None) -> str:
+    """Before anything is sent or waited for: ``output_path`` can be written (:func:`require_writable`) and
+    the format's package is installed. Returns the format (``jsonl`` or ``parquet``)."""
+    require_writable(output_path)
+    chosen = output_format_for(output_path, output_format)
+    if chosen == "parquet":
+        require_parquet()
+    return chosen
 
 
 def land_results(

@@ -50,7 +50,7 @@ from airflow.sdk import Asset, BaseOperator, ObjectStoragePath
 
 from airflow_provider_batch import budget, cost
 from airflow_provider_batch import requests as batch_requests
-from airflow_provider_batch.answers import INVALID_OUTPUT, UserSchema, check_user_schema
+from airflow_provider_batch.answers import INVALID_OUTPUT, UserSchema
 from airflow_provider_batch.completion import (
     XCOM_BATCH_ID,
     XCOM_RETURN_KEY,
@@ -87,11 +87,11 @@ from airflow_provider_batch.job import (
     shard_key,
     stop_reason,
 )
-from airflow_provider_batch.landing import as_path, land_job_results, require_writable
+from airflow_provider_batch.landing import as_path, check_landing_arguments, land_job_results, require_landing
 from airflow_provider_batch.limits import MAX_METADATA_PAIRS, endpoint_problem
 from airflow_provider_batch.lineage import report_input, report_output
 from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink, reserve_batch_url
-from airflow_provider_batch.parquet import OUTPUT_FORMATS, output_format_for, require_parquet
+from airflow_provider_batch.parquet import output_format_for
 from airflow_provider_batch.pricing import PriceTable
 from airflow_provider_batch.results import RowOptions
 from airflow_provider_batch.round_files import fetch_round
@@ -288,17 +288,10 @@ class OpenAIBatchOperator(BaseOperator):
                 " tokens; an input_file_id is not read before it is submitted"
             )
         cost.price_table(prices)  # a typo in a price fails the DAG's import, not a run
-        if output_format is not None and output_format not in OUTPUT_FORMATS:
-            raise ValueError(
-                f"{self.task_id}: output_format must be one of {', '.join(OUTPUT_FORMATS)},"
-                f" got {output_format!r}"
-            )
-        if output_schema is not None:
-            try:
-                check_user_schema(output_schema)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{self.task_id}: output_schema: {exc}") from None
-        budget.check_budget(max_enqueued_tokens, self.task_id)
+        try:
+            check_landing_arguments(output_format, output_schema)
+        except ValueError as exc:
+            raise ValueError(f"{self.task_id}: {exc}") from None
         if isinstance(endpoint, str) and "{{" not in endpoint and (problem := endpoint_problem(endpoint)):
             raise ValueError(f"{self.task_id}: {problem}")  # a literal typo fails the DAG's import
         self.endpoint = endpoint
@@ -401,9 +394,7 @@ class OpenAIBatchOperator(BaseOperator):
         if problem := endpoint_problem(self.endpoint):  # templated: known only now
             raise OpenAIBatchConfigError(f"{self.task_id}: {problem}")
         if self.output_path is not None:
-            require_writable(self.output_path)
-            if self.landing_format == "parquet":
-                require_parquet()
+            require_landing(self.output_path, self.output_format)
         prices = self.price_table  # a bad price in the connection's extra fails here, before anything is sent
         with tempfile.TemporaryDirectory(prefix="openai-batch-") as workdir:
             source = self._input_source(Path(workdir))

@@ -18,14 +18,17 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.common.compat.sdk import AirflowSensorTimeout, AirflowSkipException, conf
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
+from airflow_provider_batch.answers import UserSchema
 from airflow_provider_batch.completion import finish_batch
 from airflow_provider_batch.events import build_event, snapshot_from_event, validate_event
 from airflow_provider_batch.exceptions import OpenAIBatchError, OpenAIBatchPartialFailure
 from airflow_provider_batch.hooks.batch import OpenAIBatchHook
-from airflow_provider_batch.landing import require_writable
+from airflow_provider_batch.landing import check_landing_arguments, require_landing
 from airflow_provider_batch.lineage import report_input, report_output
 from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink, reserve_batch_url
 from airflow_provider_batch.operators.batch import DEFER_METHOD_NAME
+from airflow_provider_batch.parquet import output_format_for
+from airflow_provider_batch.results import RowOptions
 from airflow_provider_batch.status import Wait
 from airflow_provider_batch.triggers.batch import OpenAIBatchTrigger
 
@@ -47,6 +50,12 @@ class OpenAIBatchSensor(BaseSensorOperator):
     :param max_failed_fraction: as on the operator: the share of failed lines a completed batch may
         have.
     :param output_path: land the results joined in input order there, as the operator does.
+    :param output_format: ``jsonl`` or ``parquet``, as on the operator (default by ``output_path``'s suffix).
+    :param output_schema: a JSON Schema or a Pydantic model class every reply must match, as on the
+        operator; replies that miss it (or the schema their request asked for) are ``invalid_output``.
+    :param include_request: each landed row also carries its request's body.
+    :param fail_on_invalid_output: whether ``invalid_output`` rows count towards ``max_failed_fraction``
+        (default: they do).
     :param max_poll_interval: cap of the growing interval while deferred.
     :param max_consecutive_failures: failed status calls tolerated in a row; in ``reschedule``
         mode they are counted across reschedules (Airflow 3.3+, through the task state store).
@@ -63,16 +72,28 @@ class OpenAIBatchSensor(BaseSensorOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         max_failed_fraction: float = 0.0,
         output_path: Any = None,
+        output_format: str | None = None,
+        output_schema: UserSchema | None = None,
+        include_request: bool = False,
+        fail_on_invalid_output: bool = True,
         max_poll_interval: float = 300.0,
         max_consecutive_failures: int = 5,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        try:
+            check_landing_arguments(output_format, output_schema)
+        except ValueError as exc:
+            raise ValueError(f"{self.task_id}: {exc}") from None
         self.batch_id = batch_id
         self.conn_id = conn_id
         self.deferrable = deferrable
         self.max_failed_fraction = max_failed_fraction
         self.output_path = output_path
+        self.output_format = output_format
+        self.output_schema = output_schema
+        self.include_request = include_request
+        self.fail_on_invalid_output = fail_on_invalid_output
         self.max_poll_interval = max(max_poll_interval, self.poke_interval)
         self.max_consecutive_failures = max_consecutive_failures
         self._poke_wait: Wait | None = None
@@ -86,7 +107,7 @@ class OpenAIBatchSensor(BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         reserve_batch_url(context)
         if self.output_path is not None:
-            require_writable(self.output_path)  # before the wait, not after it
+            require_landing(self.output_path, self.output_format)  # before the wait, not after it
         context["ti"].xcom_push(key=BATCH_URL_XCOM_KEY, value=self.hook.batch_url(self.batch_id))
         if not self.deferrable:
             return super().execute(context)
@@ -180,6 +201,9 @@ class OpenAIBatchSensor(BaseSensorOperator):
                 hook=self.hook,
                 max_failed_fraction=self.max_failed_fraction,
                 output_path=self.output_path,
+                output_format=output_format_for(self.output_path or "", self.output_format),
+                rows=RowOptions(output_schema=self.output_schema, include_request=self.include_request),
+                fail_on_invalid_output=self.fail_on_invalid_output,
                 outlets=self.outlets,
             )
         except OpenAIBatchPartialFailure as exc:
