@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -112,6 +113,25 @@ def test_a_round_whose_every_line_succeeded_needs_no_file_to_stop() -> None:
     state = job(one_round(1, snapshot("a", "completed"), snapshot("b", "completed")))
     assert stop_reason(state, max_rounds=3, now=NOW) == "nothing_to_resubmit"
     assert state.totals() == {"total": 20, "succeeded": 20, "failed": 0, "pending": 0}
+
+
+def test_a_round_whose_replies_are_checked_must_be_read_even_when_the_api_counts_say_all_succeeded() -> None:
+    """The API counts a reply that misses its schema as completed: only the files tell."""
+    checked = replace(one_round(1, snapshot("a", "completed")), checked=True)
+    state = job(checked)
+    assert checked.known_outcome is None
+    assert stop_reason(state, max_rounds=3, now=NOW) is None, "read it: some lines may be resubmitted"
+    assert stop_reason(state, max_rounds=1, now=NOW) == "max_rounds"
+    assert JobRound.from_dict(checked.to_dict()) == checked
+    assert JobRound.from_dict({**checked.to_dict(), "checked": None}).checked is False  # an older state
+
+
+def test_invalid_output_counts_as_failed_unless_the_task_tolerates_it() -> None:
+    outcome = RoundOutcome(8, 2, 0, {"invalid_output": 2})
+    state = job(replace(one_round(1, snapshot("a", "completed"), outcome=outcome), checked=True))
+    assert state.totals()["failed"] == 2
+    assert partial_failure(state, 0.1)
+    assert not partial_failure(state, 0.1, tolerated=("invalid_output",))
 
 
 def test_a_closed_round_without_retryable_lines_stops() -> None:

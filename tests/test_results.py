@@ -420,6 +420,37 @@ def test_join_without_an_output_file(chat: Landed, tmp_path: Path) -> None:
     assert summary.missing.total == 6
 
 
+def test_a_reply_that_misses_its_schema_is_a_counted_failure_with_its_reason(
+    client: OpenAI, tmp_path: Path
+) -> None:
+    """The emulator answers each ``json_schema`` request with a valid instance, except where a directive
+    makes it reply text that does not parse or does not match: those rows fail as ``invalid_output``,
+    and the summary moves them from the successes to the failures (keeping their billed usage)."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    response_format = {"type": "json_schema", "json_schema": {"name": "count", "schema": schema}}
+    directives = {1: {"output": "invalid_json"}, 2: {"output": "schema_mismatch"}}
+    requests = [request_line(f"s-{i}", CHAT, directives.get(i)) for i in range(4)]
+    for request in requests:
+        request["body"]["response_format"] = response_format
+    landed = run_batch(client, tmp_path / "batch", requests)
+    assert landed.batch.request_counts.completed == 4, "the API counts every reply a success"
+
+    target = tmp_path / "joined.jsonl"
+    summary = write_joined(input_file=landed.input, destination=target, output_file=landed.output)
+
+    rows = joined_rows(target)
+    assert [row["ok"] for row in rows] == [True, False, False, True]
+    assert [row["error_code"] for row in rows] == [None, "invalid_output", "invalid_output", None]
+    assert all(isinstance(rows[i]["parsed"]["n"], int) for i in (0, 3))
+    assert (summary.succeeded, summary.errors_by_code, summary.other_errors) == (
+        2,
+        {"invalid_output": 2},
+        {"invalid_output": 2},
+    )
+    assert summary.failed_ids.ids == ("s-1", "s-2")
+    assert summary.usage.total_tokens == landed.batch.usage.total_tokens
+
+
 def test_duplicates_are_reported_and_a_success_wins(chat: Landed, tmp_path: Path) -> None:
     successes, failures = raw_lines(chat.output), raw_lines(chat.error)
     fake_failure = {**failures[0], "custom_id": "req-0"}  # seen before req-0's real success line

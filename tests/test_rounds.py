@@ -18,7 +18,7 @@ from openai import OpenAI
 
 from airflow_provider_batch.emulator.process import EmulatorProcess
 from airflow_provider_batch.hooks.retry import TRANSIENT_STATUSES
-from airflow_provider_batch.results import IdSample
+from airflow_provider_batch.results import IdSample, RowOptions
 from airflow_provider_batch.rounds import (
     RULES,
     LineVerdict,
@@ -255,6 +255,82 @@ def test_nothing_is_resubmitted_when_nothing_is_retryable(tmp_path: Path) -> Non
     assert plan.counts == {S: {"ok": 1}, R: {}, F: {"invalid_request_error": 2}}
     assert (plan.next_round, plan.resubmitted, plan.merged) == (False, IdSample(), None)
     assert (tmp_path / "next.jsonl").read_bytes() == b""
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"label": {"type": "string", "enum": ["yes", "no"]}},
+    "required": ["label"],
+    "additionalProperties": False,
+}
+
+
+def structured(custom_id: str) -> dict[str, Any]:
+    """A request that asks for a JSON Schema (Chat's ``response_format``)."""
+    record = request(custom_id)
+    record["body"]["response_format"] = {
+        "type": "json_schema",
+        "json_schema": {"name": "v", "schema": SCHEMA},
+    }
+    return record
+
+
+@pytest.mark.parametrize("with_merged", [True, False])
+def test_a_reply_that_misses_its_schema_is_resubmitted_and_counted_failed(
+    tmp_path: Path, with_merged: bool
+) -> None:
+    """The API counts these lines completed; only reading the reply tells that it is unusable. Whether
+    or not the merged file is written (a round closed only to find what to resubmit), the verdict is
+    the same."""
+    source = write_lines(tmp_path / "input.jsonl", [structured(i) for i in ("a", "b", "c", "d")])
+    replies = [
+        success("a", '{"label": "yes"}'),
+        success("b", "not json"),
+        success("c", '{"label": "maybe"}'),
+        success("d", '{"label": "no"}'),
+    ]
+    batch = RoundBatch("completed", output_file=write_lines(tmp_path / "out.jsonl", replies), batch_id="b1")
+    merged = tmp_path / "merged.jsonl" if with_merged else None
+
+    plan = close_round(
+        round_number=1, input_file=source, batches=[batch], next_input=tmp_path / "next.jsonl", merged=merged
+    )
+
+    assert plan.counts == {S: {"ok": 2}, R: {"invalid_output": 2}, F: {}}
+    assert ids_of(tmp_path / "next.jsonl") == ["b", "c"]
+    assert (plan.results.succeeded, plan.results.errors_by_code) == (2, {"invalid_output": 2})
+    assert plan.results.usage.total_tokens == 20, "invalid replies were billed: their usage counts"
+    if merged is not None:
+        rows = rows_of(merged)
+        assert [row["parsed"] for row in rows] == [{"label": "yes"}, None, None, {"label": "no"}]
+        assert [row["error_code"] for row in rows] == [None, "invalid_output", "invalid_output", None]
+        assert rows[1]["error_message"].startswith("does not parse as JSON")
+        assert rows[2]["error_message"].startswith("does not match the schema")
+        assert {row["batch_id"] for row in rows} == {"b1"}
+
+
+def test_the_tasks_own_schema_checks_replies_whose_requests_asked_for_none(tmp_path: Path) -> None:
+    source = write_lines(tmp_path / "input.jsonl", [request(i) for i in ("a", "b")])
+    replies = [success("a", '{"label": "yes"}'), success("b", "fine")]
+    batch = RoundBatch("completed", output_file=write_lines(tmp_path / "out.jsonl", replies))
+
+    plan = close_round(
+        round_number=1,
+        input_file=source,
+        batches=[batch],
+        next_input=tmp_path / "next.jsonl",
+        options=RowOptions(output_schema=SCHEMA),
+    )
+
+    assert plan.counts[R] == {"invalid_output": 1}
+    assert ids_of(tmp_path / "next.jsonl") == ["b"]
+
+
+def test_invalid_output_in_a_cancelled_job_is_not_resubmitted(tmp_path: Path) -> None:
+    source = write_lines(tmp_path / "input.jsonl", [structured("a")])
+    batch = RoundBatch("cancelled", output_file=write_lines(tmp_path / "out.jsonl", [success("a", "nope")]))
+    plan = close_round(round_number=1, input_file=source, batches=[batch], next_input=tmp_path / "next.jsonl")
+    assert plan.counts[F] == {"batch_cancelled": 1}
 
 
 def test_a_success_is_never_resubmitted_even_beside_a_failure_for_the_same_id(tmp_path: Path) -> None:
