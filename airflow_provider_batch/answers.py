@@ -236,8 +236,9 @@ class _TokenDetails(msgspec.Struct):
 
 
 class _Usage(msgspec.Struct):
-    """Both usage shapes, as results.py reads them: chat/completions/embeddings (``prompt_*`` and
-    ``completion_*``) and Responses/images (``input_*`` and ``output_*``)."""
+    """Both usage shapes: chat/completions/embeddings (``prompt_*`` and ``completion_*``) and
+    Responses/images (``input_*`` and ``output_*``). The one reading of usage in the package: rows and
+    summaries (:mod:`~airflow_provider_batch.results`) both count through :func:`token_counts`."""
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
@@ -385,7 +386,7 @@ def extract_answer(
     try:
         wire = _BODY_DECODER.decode(body)
     except msgspec.DecodeError:
-        return _usage_only(body)
+        return token_counts(body)
     kind = endpoint or _sniff(wire)
     read = _READERS.get(kind) if kind is not None else None
     answer = read(wire, single_input) if read is not None else Answer()
@@ -456,7 +457,7 @@ def answer_row(
         cached by identity, so it must not be mutated in between).
     """
     if not ok:
-        return _usage_only(body), None
+        return token_counts(body), None
     if request is None:
         answer = extract_answer(body)
         expected = None
@@ -473,7 +474,10 @@ def answer_row(
 # Reading bodies ---------------------------------------------------------------------------------------------
 
 
-def _usage_only(body: msgspec.Raw | bytes) -> Answer:
+def token_counts(body: msgspec.Raw | bytes) -> Answer:
+    """Only the token counts of a response body, in an otherwise empty :class:`Answer`: what a failed
+    line carries, and what a summary adds up. Never raises; a body without a readable ``usage`` has
+    none."""
     answer = Answer()
     if _is_null(body):  # expired and cancelled lines: no body at all; skip the decoder's exception
         return answer

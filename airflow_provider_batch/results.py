@@ -38,6 +38,7 @@ from airflow_provider_batch.answers import (
     UserSchema,
     answer_row,
     read_request,
+    token_counts,
 )
 from airflow_provider_batch.jsonl import BLOCK_SIZE, JsonlLines
 
@@ -93,32 +94,6 @@ class _ErrorEnvelope(msgspec.Struct):
     error: _WireError | None = None
 
 
-class _TokenDetails(msgspec.Struct):
-    cached_tokens: int | None = None
-    reasoning_tokens: int | None = None
-
-
-class _WireUsage(msgspec.Struct):
-    """Both usage shapes: chat/completions/embeddings (``prompt_*``/``completion_*``) and Responses/images
-    (``input_*``/``output_*``)."""
-
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    total_tokens: int | None = None
-    prompt_tokens_details: _TokenDetails | None = None
-    completion_tokens_details: _TokenDetails | None = None
-    input_tokens_details: _TokenDetails | None = None
-    output_tokens_details: _TokenDetails | None = None
-
-
-class _UsageEnvelope(msgspec.Struct):
-    """Only ``usage`` is declared, so decoding a 4 KB chat body builds four integers and nothing else."""
-
-    usage: _WireUsage | None = None
-
-
 class _Row(msgspec.Struct, kw_only=True):
     """One line of a landed file (joined or merged): the request's outcome, its answer as flat columns
     (:class:`~airflow_provider_batch.answers.Answer`), and the raw bodies last. Field order is key order;
@@ -152,7 +127,6 @@ class _Row(msgspec.Struct, kw_only=True):
 
 _LINE_DECODER = msgspec.json.Decoder(_WireLine)
 _ERROR_DECODER = msgspec.json.Decoder(_ErrorEnvelope)
-_USAGE_DECODER = msgspec.json.Decoder(_UsageEnvelope)
 
 
 # Public values ----------------------------------------------------------------------------------------------
@@ -535,22 +509,13 @@ class _Tally:
             self.malformed.append(line)
 
     def _add_usage(self, body: msgspec.Raw) -> None:
-        try:
-            usage = _USAGE_DECODER.decode(body).usage
-        except msgspec.DecodeError:  # a body that is not an object, or odd usage: the result still counts
-            return
-        if usage is None:
-            return
-        inputs = usage.input_tokens if usage.input_tokens is not None else usage.prompt_tokens or 0
-        outputs = usage.output_tokens if usage.output_tokens is not None else usage.completion_tokens or 0
-        details_in = usage.input_tokens_details or usage.prompt_tokens_details
-        details_out = usage.output_tokens_details or usage.completion_tokens_details
+        counts = token_counts(body)
+        inputs, outputs = counts.input_tokens or 0, counts.output_tokens or 0
         self.usage["input_tokens"] += inputs
         self.usage["output_tokens"] += outputs
-        total = usage.total_tokens if usage.total_tokens is not None else inputs + outputs
-        self.usage["total_tokens"] += total
-        self.usage["cached_tokens"] += (details_in.cached_tokens or 0) if details_in else 0
-        self.usage["reasoning_tokens"] += (details_out.reasoning_tokens or 0) if details_out else 0
+        self.usage["total_tokens"] += inputs + outputs
+        self.usage["cached_tokens"] += counts.cached_tokens or 0
+        self.usage["reasoning_tokens"] += counts.reasoning_tokens or 0
 
     def sample(self, ids: list[str], total: int) -> IdSample:
         return IdSample(total, tuple(ids[: self.id_limit]))
@@ -755,8 +720,8 @@ def _write_rows(
     options: RowOptions,
     batch_id: str | None,
 ) -> None:
-    """Encode the joined rows into one buffer written in ~1 MiB pieces: a ``write`` per row would pay the
-    per-call cost of fsspec and of Airflow's lineage wrapper tens of thousands of times."""
+    """Write the joined rows in input order, moving the replies that miss their schema from the tally's
+    successes to its failures."""
     sink = RowSink(out)
     for number, request, slot in requests:
         result = read_slot(sources, slot, number) if slot is not None else None
@@ -768,7 +733,8 @@ def _write_rows(
 
 
 class RowSink:
-    """Rows (structs) or lines (bytes) written to a stream in ~1 MiB pieces, one encoder and one buffer."""
+    """Rows (structs) or lines (bytes) gathered into ~1 MiB writes: a ``write`` per row would pay the
+    per-call cost of fsspec and of Airflow's lineage wrapper a million times."""
 
     def __init__(self, out: IO[bytes]) -> None:
         self.out = out
@@ -783,9 +749,7 @@ class RowSink:
 
     def row(self, row: msgspec.Struct) -> None:
         self.encoder.encode_into(row, self.buffer, -1)
-        self.buffer += b"\n"
-        if len(self.buffer) >= BLOCK_SIZE:
-            self.flush()
+        self.line(b"")
 
     def flush(self) -> None:
         if self.buffer:

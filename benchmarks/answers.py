@@ -31,8 +31,7 @@ import jsonschema
 import msgspec
 import pydantic
 
-from airflow_provider_batch.answers import answer_row, read_request
-from airflow_provider_batch.results import _USAGE_DECODER
+from airflow_provider_batch.answers import answer_row, read_request, token_counts
 
 WORDS = ("batch", "request", "model", "token", "window", "output", "error", "retry", "airflow", "trigger")
 SCHEMA: dict[str, Any] = {
@@ -204,7 +203,7 @@ def main() -> None:
         "embedding 1536, base64": (len(packed), lambda: answer_row(single, True, packed)),
         "read_request, no schema": (len(plain_line), lambda: read_request(plain_line)),
         "read_request, schema": (len(schema_line), lambda: read_request(schema_line)),
-        "ref: usage-only decode": (len(prose), lambda: _USAGE_DECODER.decode(prose)),
+        "ref: usage-only decode": (len(prose), lambda: token_counts(prose)),
         "ref: bare decode, chat": (len(prose), lambda: msgspec.json.decode(prose)),
         "ref: bare decode, emb.": (len(floats), lambda: msgspec.json.decode(floats)),
     }
