@@ -71,6 +71,12 @@ def finish_batch(
         landed = land_results(hook, batch, output_path, output_format=output_format, rows=rows)
     if invalid_outputs is None:
         invalid_outputs = landed["results_summary"]["errors_by_code"].get(INVALID_OUTPUT, 0) if landed else 0
+    if invalid_outputs:  # the API counts these lines completed: say it, whatever the task makes of them
+        log.warning(
+            "%s of the batch's replies are not the structured output asked for (invalid_output)%s",
+            f"{invalid_outputs:,}",
+            "" if fail_on_invalid_output else "; fail_on_invalid_output=False: they do not fail the task",
+        )
     too_many_failed = partial_failure(
         batch, max_failed_fraction, also_failed=invalid_outputs if fail_on_invalid_output else 0
     )

@@ -280,8 +280,8 @@ class RowOptions:
     """What the rows of a landed file carry beyond each request's outcome and answer."""
 
     output_schema: UserSchema | None = None
-    """The caller's contract for every reply (a JSON Schema dict or a Pydantic model class), checked on
-    top of (in place of) the schema each request asked for; see :func:`~.answers.check_output`."""
+    """The caller's contract for every reply (a JSON Schema dict or a Pydantic model class), checked in
+    place of the schema each request asked for; see :func:`~.answers.check_output`."""
     include_request: bool = False
     """Whether each row carries its request's body (``request``), so a downstream task sees what was
     asked without joining on ``custom_id``; off by default, since it about doubles the file."""

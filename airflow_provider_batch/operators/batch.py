@@ -189,10 +189,11 @@ class OpenAIBatchOperator(BaseOperator):
     :param output_format: ``jsonl`` (every row with its raw response body) or ``parquet`` (typed columns
         for ETL, no body; needs the ``parquet`` extra). Default: ``parquet`` when ``output_path`` ends in
         ``.parquet``, else ``jsonl``.
-    :param output_schema: a JSON Schema (dict) or a Pydantic model class every reply must match, on top of
-        the schema each request asks for itself (``response_format`` / ``text.format``). A reply that does
-        not parse or match is ``invalid_output``: a failed row with the reason, resubmitted by the next
-        round (the one retry that is paid again), counted failed in the summary.
+    :param output_schema: a JSON Schema (dict) or a Pydantic model class every reply must match, checked
+        instead of the schema each request asks for itself (``response_format`` / ``text.format``, which
+        are checked without it). A reply that does not parse or match is ``invalid_output``: a failed row
+        with the reason, resubmitted by the next round (the one retry that is paid again), counted failed
+        in the summary.
     :param include_request: each landed row also carries its request's body (``request``).
     :param fail_on_invalid_output: whether ``invalid_output`` rows count towards ``max_failed_fraction``
         (default: they do, since a row the next task cannot parse is a failure of the pipeline even when

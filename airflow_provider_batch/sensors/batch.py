@@ -52,7 +52,8 @@ class OpenAIBatchSensor(BaseSensorOperator):
     :param output_path: land the results joined in input order there, as the operator does.
     :param output_format: ``jsonl`` or ``parquet``, as on the operator (default by ``output_path``'s suffix).
     :param output_schema: a JSON Schema or a Pydantic model class every reply must match, as on the
-        operator; replies that miss it (or the schema their request asked for) are ``invalid_output``.
+        operator (instead of the schema each request asked for, which is checked without it); replies
+        that miss it are ``invalid_output``.
     :param include_request: each landed row also carries its request's body.
     :param fail_on_invalid_output: whether ``invalid_output`` rows count towards ``max_failed_fraction``
         (default: they do).

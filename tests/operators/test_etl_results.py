@@ -126,7 +126,7 @@ def test_invalid_output_fails_the_task_by_default_and_is_landed_marked(
 
 
 def test_invalid_output_can_be_accepted_and_still_lands_marked(
-    server: EmulatorProcess, tmp_path: Path
+    server: EmulatorProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     target = tmp_path / "rows.jsonl"
     requests = classify(4, directives={0: {"output": "invalid_json"}})
@@ -138,6 +138,7 @@ def test_invalid_output_can_be_accepted_and_still_lands_marked(
 
     assert result["results_summary"]["errors_by_code"] == {"invalid_output": 1}
     assert [row["error_code"] for row in rows_of(target)] == ["invalid_output", None, None, None]
+    assert "1 of the batch's replies are not the structured output asked for" in caplog.text
 
 
 class Sentiment(BaseModel):
