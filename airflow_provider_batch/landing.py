@@ -15,7 +15,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -179,9 +178,10 @@ def land_job_results(
                 round_dir.mkdir()
                 input_file, batches = fetch_round(hook, job_round, round_dir)
                 last = job_round is state.rounds[-1]
-                with (
-                    _landed_file(destination, output_format) if last else nullcontext(intermediate) as merged
-                ):
+                target = (
+                    _landed_file(destination, output_format) if last else contextlib.nullcontext(intermediate)
+                )
+                with target as merged:
                     plan = close_round(
                         round_number=job_round.number,
                         input_file=input_file,
