@@ -198,3 +198,21 @@ def test_a_bad_output_schema_or_format_fails_the_dag_import() -> None:
         quick_operator(CONN, "etl", requests=classify(1), output_schema={"type": "no-such-type"})
     with pytest.raises(ValueError, match="output_format"):
         quick_operator(CONN, "etl", requests=classify(1), output_format="csv")
+
+
+def test_a_job_of_several_batches_and_rounds_lands_one_parquet_table(
+    server: EmulatorProcess, tmp_path: Path
+) -> None:
+    target = tmp_path / "rows.parquet"
+    requests = classify(6, directives={4: {"output": "invalid_json", "times": 1}})
+
+    result = quick_operator(
+        CONN, "etl", requests=requests, output_path=target, max_requests_per_batch=2
+    ).execute(make_context())
+
+    table = pq.read_table(target).to_pylist()
+    assert [row["custom_id"] for row in table] == [f"s-{i}" for i in range(6)]
+    assert [row["round"] for row in table] == [1, 1, 1, 1, 2, 1]
+    assert all(row["ok"] for row in table)
+    assert len({row["batch_id"] for row in table}) == 4, "three shards, then one batch in round 2"
+    assert result["request_counts"]["succeeded"] == 6
