@@ -203,6 +203,14 @@ def test_object_storage_input_file_id_sync_wait_and_poke_sensor(
         (f"job-{i}", 2 if i == 4 else 1) for i in range(6)
     ]
 
+    # Structured outputs as Parquet: the invalid reply resubmitted once, then the table read downstream.
+    structured = xcoms_of(run.run_id, "structured")["return_value"]
+    assert structured["request_counts"] == {"total": 6, "succeeded": 6, "failed": 0, "pending": 0}
+    assert structured["rounds"][0]["outcome"]["retry_reasons"] == {"invalid_output": 1}
+    labels = xcoms_of(run.run_id, "count_labels")["return_value"]
+    assert sum(labels.values()) == 6
+    assert set(labels) <= {"billing", "bug", "account"}
+
     # Mapped over two request lists: two batches, each tagged with its map index, each joined.
     mapped = [xcoms_of(run.run_id, "mapped", index)["return_value"] for index in (0, 1)]
     for index, manifest in enumerate(mapped):

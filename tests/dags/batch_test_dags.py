@@ -51,6 +51,21 @@ def record_failure(context: Any) -> None:
     FAILURES[(ti.dag_id, ti.task_id)] = context["exception"]
 
 
+LABEL_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "label",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {"label": {"type": "string", "enum": ["billing", "bug", "account"]}},
+            "required": ["label"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
 def chat_line(custom_id: str, content: str, **body: Any) -> dict[str, Any]:
     """One request record (``method``/``url`` are filled in by the operator for ``requests``)."""
     return {
@@ -214,6 +229,42 @@ with DAG(
         output_path=str(WORK / "modes" / "job_results.jsonl"),
         **FAST,
     )
+    # Structured outputs landed as Parquet: a deferred job of three batches whose line 3 first replies text
+    # that does not parse (invalid_output, resubmitted by round 2), then a task that reads the table.
+    structured = OpenAIBatchOperator(
+        task_id="structured",
+        requests=[
+            chat_line(
+                f"s-{i}",
+                f"ticket {i}",
+                response_format=LABEL_FORMAT,
+                **({"emulator": {"output": "invalid_json", "times": 1}} if i == 3 else {}),
+            )
+            for i in range(6)
+        ],
+        endpoint=CHAT,
+        deferrable=True,
+        max_requests_per_batch=2,
+        output_path=str(WORK / "modes" / "structured.parquet"),
+        **FAST,
+    )
+
+    @task
+    def count_labels(manifest: dict[str, Any]) -> dict[str, int]:
+        """What a downstream ETL task does with the table: group the parsed labels with pyarrow's engine."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(manifest["results_uri"], columns=["ok", "parsed"]).filter(
+            pa.compute.field("ok")
+        )
+        labels = pa.table(
+            {"label": [json.loads(text)["label"] for text in table.column("parsed").to_pylist()]}
+        )
+        counted = labels.group_by("label").aggregate([("label", "count")])
+        return {row["label"]: row["label_count"] for row in counted.to_pylist()}
+
+    count_labels(structured.output)
     # Mapped: one batch per map index, each its own submission.
     OpenAIBatchOperator.partial(task_id="mapped", endpoint=CHAT, deferrable=True, **FAST).expand(
         requests=[[chat_line(f"x{m}-{i}", f"mapped {m} {i}") for i in range(2)] for m in range(2)]
