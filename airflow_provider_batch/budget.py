@@ -117,6 +117,33 @@ def enqueued(batches: Iterable[BatchSnapshot], model: str | None) -> Enqueued:
     return Enqueued(tokens, tuple(batch_ids), untagged)
 
 
+def held_room_when_refused(
+    batches: Iterable[BatchSnapshot], refused: BatchSnapshot, model: str | None
+) -> bool:
+    """Whether another batch of ``model`` held enqueued tokens when ``refused`` was refused for the token
+    limit (its ``failed_at``): created by then, not ended before, and not refused itself.
+
+    This, and not what is in flight when the job looks again, tells a refusal caused by other batches
+    (room was taken; it frees up) from one of a shard too large for the organization's limit on its own:
+    a job looks again only after its poll interval, by which time the batches that took the room may
+    all have ended, and a herd of jobs refused together would each take the other's refusal for its own
+    shard's size.
+    """
+    moment = refused.failed_at or refused.created_at
+    if moment is None:
+        return False
+    for batch in batches:
+        if batch.batch_id == refused.batch_id or refused_for_tokens(batch) or batch.created_at is None:
+            continue
+        tagged = read_tag(batch.metadata)
+        if (tagged[1] if tagged else batch.model) != model or batch.created_at > moment:
+            continue
+        ends = [t for t in (batch.completed_at, batch.failed_at, batch.expired_at, batch.cancelled_at) if t]
+        if not ends or min(ends) >= moment:
+            return True
+    return False
+
+
 def refused_for_tokens(batch: BatchSnapshot) -> bool:
     """A batch that failed because the model's enqueued tokens were over the limit: worth submitting
     again when room frees up (OpenAI did not run it, nor bill it)."""

@@ -82,6 +82,39 @@ def test_only_a_batch_failed_for_the_token_limit_is_worth_submitting_again() -> 
     assert not budget.refused_for_tokens(BatchSnapshot(batch_id="c", status="completed"))
 
 
+def test_a_refusal_is_the_shards_own_only_when_nothing_else_held_room_at_that_moment() -> None:
+    """Another batch in flight when ours was refused explains the refusal, even if it has ended by the
+    time the job looks again; one that ended before, or was refused too, does not."""
+    ours = BatchSnapshot(
+        batch_id="ours",
+        status="failed",
+        model=MODEL,
+        created_at=100,
+        failed_at=101,
+        errors=({"code": budget.TOKEN_LIMIT_CODE},),
+    )
+
+    def other(batch_id: str, created: int, **ended: int) -> BatchSnapshot:
+        tag = {budget.TOKENS_KEY: budget.tag(10, MODEL)}
+        return BatchSnapshot(batch_id=batch_id, status="completed", created_at=created, metadata=tag, **ended)
+
+    held = budget.held_room_when_refused
+    assert held([ours, other("a", 90, completed_at=120)], ours, MODEL), "ran through the refusal"
+    assert held([other("b", 95)], ours, MODEL), "still running"
+    assert not held([other("c", 90, completed_at=100)], ours, MODEL), "ended before"
+    assert not held([other("d", 102, completed_at=130)], ours, MODEL), "came after"
+    assert not held([other("e", 90, completed_at=120)], ours, "gpt-4o"), "another model's"
+    refused_too = BatchSnapshot(
+        batch_id="f",
+        status="failed",
+        model=MODEL,
+        created_at=99,
+        failed_at=101,
+        errors=({"code": budget.TOKEN_LIMIT_CODE},),
+    )
+    assert not held([refused_too], ours, MODEL), "refused itself: it never held room"
+
+
 def test_a_wait_for_room_ends_when_any_batch_ends_or_at_its_wake_time() -> None:
     wait = RoundWait(
         ["a", "b"], end_time=1_000, schedule=PollSchedule(10, 10, jitter=0), until_any=True, wake_at=100

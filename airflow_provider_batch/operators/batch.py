@@ -359,11 +359,14 @@ class OpenAIBatchOperator(BaseOperator):
                     raise OpenAIBatchConfigError(f"connection {error}") from None
         return self._token_budget
 
+    def _recent_batches(self) -> list[BatchSnapshot]:
+        """The listing's batches of the last days, of every worker and run: what holds the model's room."""
+        with self.hook.explaining("Reading the batches in flight"):
+            return self.hook.recent_batches(created_after=time.time() - budget.LOOKBACK)
+
     def _in_flight(self, model: str | None) -> budget.Enqueued:
         """What the listing shows in flight for ``model``, on every worker and run."""
-        with self.hook.explaining("Reading the batches in flight"):
-            recent = self.hook.recent_batches(created_after=time.time() - budget.LOOKBACK)
-        return budget.enqueued(recent, model)
+        return budget.enqueued(self._recent_batches(), model)
 
     @property
     def rows(self) -> RowOptions:
@@ -463,8 +466,18 @@ class OpenAIBatchOperator(BaseOperator):
                     return self._finish(context, state, event)
                 if time.time() < state.end_time:
                     if reason != "room":
-                        in_flight = self._in_flight(state.model)
-                        lonely = current.complete and not in_flight.batch_ids  # refused, nothing to wait for
+                        recent = self._recent_batches()
+                        in_flight = budget.enqueued(recent, state.model)
+                        # Refused with nothing to wait for now, and nothing else holding room then either.
+                        lonely = (
+                            current.complete
+                            and not in_flight.batch_ids
+                            and not any(
+                                budget.held_room_when_refused(recent, job_batch.batch, state.model)
+                                for job_batch in current.batches
+                                if budget.refused_for_tokens(job_batch.batch)
+                            )
+                        )
                         if lonely and state.lonely_refusals + 1 >= budget.MAX_LONELY_REFUSALS:
                             self.log.warning(
                                 "Refused for the enqueued-token limit %d times in a row with nothing else"
