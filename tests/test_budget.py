@@ -59,6 +59,13 @@ def test_a_budget_is_one_limit_or_one_per_model() -> None:
             budget.check_budget(bad, "task")
 
 
+def test_a_bad_budget_on_the_task_fails_the_dags_import() -> None:
+    with pytest.raises(ValueError, match="max_enqueued_tokens"):
+        OpenAIBatchOperator(
+            task_id="bad_budget", requests=job_requests(0), endpoint=CHAT, max_enqueued_tokens={MODEL: 0}
+        )
+
+
 def test_what_is_in_flight_counts_and_what_ended_or_is_another_models_does_not() -> None:
     batches = [
         snapshot("a", "validating", 10),

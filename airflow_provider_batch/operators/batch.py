@@ -289,6 +289,7 @@ class OpenAIBatchOperator(BaseOperator):
                 " tokens; an input_file_id is not read before it is submitted"
             )
         cost.price_table(prices)  # a typo in a price fails the DAG's import, not a run
+        budget.check_budget(max_enqueued_tokens, self.task_id)
         try:
             check_landing_arguments(output_format, output_schema)
         except ValueError as exc:
