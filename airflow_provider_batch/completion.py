@@ -20,6 +20,7 @@ from airflow_provider_batch.answers import INVALID_OUTPUT
 from airflow_provider_batch.events import snapshot_from_event
 from airflow_provider_batch.exceptions import OpenAIBatchPartialFailure, ending_error
 from airflow_provider_batch.landing import land_results
+from airflow_provider_batch.lineage import report_output
 from airflow_provider_batch.results import RowOptions, summarize
 from airflow_provider_batch.status import BatchSnapshot, classify_completion
 
@@ -54,7 +55,8 @@ def finish_batch(
     extra, and return the manifest, or raise the typed error for the outcome.
 
     Partial results of an expired or cancelled batch are landed *before* the error is raised, so
-    paid-for output is never thrown away. ``extra`` adds keys to the manifest (the cost).
+    paid-for output is never thrown away, and reported to lineage as the task's output once written.
+    ``extra`` adds keys to the manifest (the cost).
 
     Replies that are not the structured output asked for (``invalid_output``) are lines the API counts
     as completed; they count as failed too, unless ``fail_on_invalid_output`` is false. Their number is
@@ -69,6 +71,7 @@ def finish_batch(
     landed = None
     if output_path is not None and (batch.output_file_id or batch.error_file_id):
         landed = land_results(hook, batch, output_path, output_format=output_format, rows=rows)
+        report_output(hook, landed["results_uri"])  # written, whatever the task's outcome
     if invalid_outputs is None:
         invalid_outputs = landed["results_summary"]["errors_by_code"].get(INVALID_OUTPUT, 0) if landed else 0
     if invalid_outputs:  # the API counts these lines completed: say it, whatever the task makes of them

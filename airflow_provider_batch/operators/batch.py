@@ -871,25 +871,19 @@ class OpenAIBatchOperator(BaseOperator):
             self.batch_id = batch.batch_id
             event = wait_event if wait_event is not None else self._terminal_event(batch, state.end_time)
             outcome = state.current.outcome
-            try:
-                result = finish_batch(
-                    context,
-                    event,
-                    hook=self.hook,
-                    max_failed_fraction=self.max_failed_fraction,
-                    output_path=self.output_path,
-                    output_format=self.landing_format,
-                    rows=self.rows,
-                    invalid_outputs=state.failed_by_reason().get(INVALID_OUTPUT, 0) if outcome else None,
-                    fail_on_invalid_output=self.fail_on_invalid_output,
-                    outlets=self.outlets,
-                    extra=self._costs(state),
-                )
-            except OpenAIBatchPartialFailure as failure:
-                report_output(self.hook, failure.results_uri)
-                raise
-            report_output(self.hook, result.get("results_uri"))
-            return result
+            return finish_batch(
+                context,
+                event,
+                hook=self.hook,
+                max_failed_fraction=self.max_failed_fraction,
+                output_path=self.output_path,
+                output_format=self.landing_format,
+                rows=self.rows,
+                invalid_outputs=state.failed_by_reason().get(INVALID_OUTPUT, 0) if outcome else None,
+                fail_on_invalid_output=self.fail_on_invalid_output,
+                outlets=self.outlets,
+                extra=self._costs(state),
+            )
         return self._finish_job(context, state, wait_event)
 
     def _costs(self, state: JobState) -> dict[str, Any]:

@@ -21,10 +21,10 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow_provider_batch.answers import UserSchema
 from airflow_provider_batch.completion import finish_batch
 from airflow_provider_batch.events import build_event, snapshot_from_event, validate_event
-from airflow_provider_batch.exceptions import OpenAIBatchError, OpenAIBatchPartialFailure
+from airflow_provider_batch.exceptions import OpenAIBatchError
 from airflow_provider_batch.hooks.batch import OpenAIBatchHook
 from airflow_provider_batch.landing import check_landing_arguments, require_landing
-from airflow_provider_batch.lineage import report_input, report_output
+from airflow_provider_batch.lineage import report_input
 from airflow_provider_batch.links.batch import BATCH_URL_XCOM_KEY, OpenAIBatchLink, reserve_batch_url
 from airflow_provider_batch.operators.batch import DEFER_METHOD_NAME
 from airflow_provider_batch.parquet import output_format_for
@@ -192,23 +192,17 @@ class OpenAIBatchSensor(BaseSensorOperator):
 
     def _finish(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Finish as the operator does, and report lineage from this, the task's last run (what an
-        earlier run reported died with its process): the batch's request file as the input, and
-        the landed results as the output, also when too many failed lines fail the task."""
+        earlier run reported died with its process): the batch's request file as the input (the
+        landed results are reported where they are written)."""
         report_input(self.hook, file_ids=[snapshot_from_event(event).input_file_id])
-        try:
-            result = finish_batch(
-                context,
-                event,
-                hook=self.hook,
-                max_failed_fraction=self.max_failed_fraction,
-                output_path=self.output_path,
-                output_format=output_format_for(self.output_path or "", self.output_format),
-                rows=RowOptions(output_schema=self.output_schema, include_request=self.include_request),
-                fail_on_invalid_output=self.fail_on_invalid_output,
-                outlets=self.outlets,
-            )
-        except OpenAIBatchPartialFailure as exc:
-            report_output(self.hook, exc.results_uri)
-            raise
-        report_output(self.hook, result.get("results_uri"))
-        return result
+        return finish_batch(
+            context,
+            event,
+            hook=self.hook,
+            max_failed_fraction=self.max_failed_fraction,
+            output_path=self.output_path,
+            output_format=output_format_for(self.output_path or "", self.output_format),
+            rows=RowOptions(output_schema=self.output_schema, include_request=self.include_request),
+            fail_on_invalid_output=self.fail_on_invalid_output,
+            outlets=self.outlets,
+        )
