@@ -16,7 +16,8 @@ are read as that provider documents them, ``openai_client_kwargs`` included):
   OpenAI, which needs ``AzureOpenAI`` and its deployment-name models.
 
 Sync calls run on workers; the async surface (``aget_batch``, ``acancel_batch``, ``apoll_batch``,
-``apoll_batches``) is what the triggers need and never blocks the event loop: the connection is
+``apoll_batches``, and ``ascan_batches`` / ``apoll_each`` for the triggerer's status observer) is
+what the triggers need and never blocks the event loop: the connection is
 resolved with Airflow's async connection API and the client is built in a worker thread.
 
 Many batches (a job's round) are observed through the batch listing, ``ceil(N / 100)`` calls for
@@ -713,7 +714,7 @@ class OpenAIBatchHook(BaseHook):
 
         :return: every id of ``batch_ids``, with its snapshot or why it could not be observed.
         """
-        scan = _ListingScan(batch_ids, created_after)
+        scan = ListingScan(batch_ids, created_after)
         try:
             while (query := scan.next_query()) is not None:
                 scan.take(self._call(self.get_conn().batches.with_raw_response.list, **query))
@@ -726,22 +727,40 @@ class OpenAIBatchHook(BaseHook):
     ) -> dict[str, BatchSnapshot | PollFailure]:
         """:meth:`poll_batches` for the event loop; the batches the listing did not show are
         retrieved concurrently, :data:`POLL_CONCURRENCY` at a time."""
-        scan = _ListingScan(batch_ids, created_after)
+        scan = await self.ascan_batches(batch_ids, created_after=created_after)
+        return scan.answer(await self.apoll_each(scan.unseen()))
+
+    async def ascan_batches(
+        self,
+        batch_ids: Sequence[str],
+        *,
+        created_after: float | None = None,
+        max_pages: int | None = None,
+        locate: Collection[str] = (),
+    ) -> ListingScan:
+        """Read the batch listing for ``batch_ids`` (at most ``max_pages`` pages, by default
+        ``ceil(N / 100) + 2``) and return the scan: what it saw, where (and where the batches of
+        ``locate`` were, if the pages showed them), and what it did not reach. A failing listing is a
+        ``PollFailure`` for every batch not seen yet."""
+        scan = ListingScan(batch_ids, created_after, max_pages=max_pages, locate=locate)
         try:
             async with self.async_client() as client:
                 while (query := scan.next_query()) is not None:
                     scan.take(await self._acall(client.batches.with_raw_response.list, **query))
         except openai.OpenAIError as exc:
             scan.fail(poll_failure(exc))
-        unseen = scan.unseen()
+        return scan
+
+    async def apoll_each(self, batch_ids: Sequence[str]) -> dict[str, BatchSnapshot | PollFailure]:
+        """Retrieve each batch on its own (:meth:`apoll_batch`), :data:`POLL_CONCURRENCY` at a time."""
         slots = asyncio.Semaphore(POLL_CONCURRENCY)
 
         async def retrieve(batch_id: str) -> BatchSnapshot | PollFailure:
             async with slots:
                 return await self.apoll_batch(batch_id)
 
-        singles = await asyncio.gather(*(retrieve(batch_id) for batch_id in unseen))
-        return scan.answer(dict(zip(unseen, singles, strict=True)))
+        singles = await asyncio.gather(*(retrieve(batch_id) for batch_id in batch_ids))
+        return dict(zip(batch_ids, singles, strict=True))
 
     # waiting ---------------------------------------------------------------------------------------
 
@@ -830,20 +849,36 @@ def _snapshot_from_json(body: Any) -> BatchSnapshot | PollFailure:
         return PollFailure(retryable=True, message=f"the server's answer is not a batch object: {exc!r}")
 
 
-class _ListingScan:
+class ListingScan:
     """Which pages of the batch listing a look at many batches reads, and what they showed: the
-    logic :meth:`OpenAIBatchHook.poll_batches` and ``apoll_batches`` share, doing only the calls.
+    logic :meth:`OpenAIBatchHook.poll_batches`, ``apoll_batches`` and the triggerer's status
+    observer (:mod:`~airflow_provider_batch.observer`) share, doing only the calls.
 
     Pages are parsed from the raw JSON, as :func:`read_snapshot` does, and only the wanted
     batches of a page become snapshots: a page is 100 batches, most of them someone else's.
+    ``ranks`` says where in the listing each wanted batch, and each batch of ``locate``, was (0 is
+    the newest), and ``read`` how many batches the pages held: the observer plans its next pages
+    from them.
     """
 
-    def __init__(self, batch_ids: Sequence[str], created_after: float | None) -> None:
+    def __init__(
+        self,
+        batch_ids: Sequence[str],
+        created_after: float | None,
+        *,
+        max_pages: int | None = None,
+        locate: Collection[str] = (),
+    ) -> None:
         self.wanted = list(dict.fromkeys(batch_ids))
         self._wanted = set(self.wanted)
         self.created_after = created_after
-        self.max_pages = math.ceil(len(self.wanted) / LIST_PAGE_SIZE) + EXTRA_LIST_PAGES
+        default_pages = math.ceil(len(self.wanted) / LIST_PAGE_SIZE) + EXTRA_LIST_PAGES
+        self.max_pages = default_pages if max_pages is None else max_pages
         self.observed: dict[str, BatchSnapshot | PollFailure] = {}
+        self.ranks: dict[str, int] = {}
+        self._locate = locate
+        self.read = 0
+        self.failed = False
         self.pages = 0
         self.after: str | None = None
         self.exhausted = False
@@ -860,10 +895,14 @@ class _ListingScan:
         try:
             body = json.loads(response.content)
             data = body["data"]
-            for item in data:
+            for position, item in enumerate(data, start=self.read):
                 batch_id = item.get("id")
                 if batch_id in self._wanted and batch_id not in self.observed:
                     self.observed[batch_id] = _snapshot_from_json(item)
+                    self.ranks[batch_id] = position
+                elif batch_id in self._locate:
+                    self.ranks[batch_id] = position
+            self.read += len(data)
             oldest = data[-1] if data else None
             more = bool(body.get("has_more")) and oldest is not None
             self.after = oldest["id"] if oldest is not None else None
@@ -881,6 +920,7 @@ class _ListingScan:
 
     def fail(self, failure: PollFailure) -> None:
         """The listing failed: every batch not seen yet gets ``failure``, and the scan is over."""
+        self.failed = True
         for batch_id in self.unseen():
             self.observed[batch_id] = failure
         self.exhausted = True

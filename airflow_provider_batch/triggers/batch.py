@@ -2,10 +2,11 @@
 blocking the triggerer's event loop.
 
 Everything it does is awaited: the connection is resolved with Airflow's async API, the client
-is the loop's shared ``AsyncOpenAI`` (built once, in a thread), and each observation is one
-async HTTP call. The wait itself (deadline, failure budget, poll intervals) is
-:class:`~airflow_provider_batch.status.Wait`, the same object the operator's synchronous wait
-drives.
+is the loop's shared ``AsyncOpenAI`` (built once, in a thread), and each observation is asked of
+the connection's :class:`~airflow_provider_batch.observer.StatusObserver`, which answers the
+triggers of a triggerer together, with a listing page for up to 100 of them. The wait itself
+(deadline, failure budget, poll intervals) is :class:`~airflow_provider_batch.status.Wait`, the
+same object the operator's synchronous wait drives.
 
 The kwargs are stored in plain text in the metadata database, so they hold a ``conn_id`` and
 never a key. The deadline is absolute wall-clock time, so a triggerer restart, a redeploy or a
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import timedelta
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_batch.events import build_event
+from airflow_provider_batch.observer import StatusObserver, observing, patience_for
 from airflow_provider_batch.status import (
     DEFER_GRACE,
     Decision,
@@ -46,6 +49,10 @@ Observed = TypeVar("Observed")
 
 HOOK_MODULE = "airflow_provider_batch.hooks.batch"
 
+JITTER = random.Random()
+"""The poll schedules' jitter, one generator for every trigger of the process: a ``random.Random``
+holds 2.5 KB of state, and a thousand waiting triggers need no thousand of them."""
+
 ON_KILL_CANCEL_TIMEOUT = 20.0
 """Seconds allowed for the cancel call in ``on_kill``: below the triggerer's ``on_kill_timeout``
 (30 s), so our own timeout, with its log line, fires first."""
@@ -53,8 +60,9 @@ ON_KILL_CANCEL_TIMEOUT = 20.0
 
 class BatchPollingTrigger(BaseTrigger):
     """What the provider's triggers share: a connection, an absolute deadline, a poll schedule and
-    failure budget, the cancel-on-kill switch; the hook built off the loop; the waiting loop; the
-    deferral timeout and message; the cancel on kill. A subclass says what it watches
+    failure budget, the cancel-on-kill switch; the waiting loop, which observes through the
+    connection's shared status observer; the deferral timeout and message; the hook built off the
+    loop and the cancel on kill. A subclass says what it watches
     (:meth:`_batches_to_cancel`, ``run``, ``serialize``)."""
 
     def __init__(
@@ -107,7 +115,7 @@ class BatchPollingTrigger(BaseTrigger):
         return TriggerEvent(payload if self.job is None else {**payload, "job": self.job})
 
     def schedule(self) -> PollSchedule:
-        return PollSchedule(initial=self.poll_interval, maximum=self.max_poll_interval)
+        return PollSchedule(initial=self.poll_interval, maximum=self.max_poll_interval, rng=JITTER)
 
     def defer_timeout(self) -> timedelta:
         """The ``timeout`` to defer with: past ``end_time`` by the longest pause and a grace, so
@@ -137,27 +145,34 @@ class BatchPollingTrigger(BaseTrigger):
     async def _watch(
         self,
         wait: Waiter[Observed],
-        look: Callable[[OpenAIBatchHook], Awaitable[Observed]],
+        look: Callable[[StatusObserver, float], Awaitable[Observed]],
         watched: str,
+        batch_ids: Sequence[str],
     ) -> Decision:
         """Pause, ``look``, let ``wait`` decide, until it says done; return its last decision.
 
-        The loop's shared client is held for the whole wait and handed back however it ends. Each
-        look is cut short by the wait's budget, so that this trigger's deadline event always comes
-        before Airflow's deferral timeout (see ``OBSERVATION_GRACE``).
+        ``look`` asks the connection's status observer, shared by every trigger on this loop, and
+        is given its patience: how long it may wait for a sweep that answers other triggers too
+        (:func:`~airflow_provider_batch.observer.patience_for`). The trigger stays in the observer
+        for the whole wait and leaves it however the wait ends. Each look is cut short by the
+        wait's budget, so that this trigger's deadline event always comes before Airflow's deferral
+        timeout (see ``OBSERVATION_GRACE``).
         """
-        hook = await self.ahook()
-        async with hook.async_client():
+        async with observing(self.conn_id, batch_ids) as observer:
             pause = wait.pause(time.time())
             self.log.info(
                 "Watching %s until %s; first look in %.0f s", watched, format_utc(self.end_time), pause
             )
             while True:
                 await asyncio.sleep(pause)
-                budget = wait.observation_budget(time.time())
+                now = time.time()
+                budget = wait.observation_budget(now)
                 observed: Observed | PollFailure
                 try:
-                    observed = await asyncio.wait_for(look(hook), budget)
+                    # asyncio.timeout, not wait_for: no task per look (a thousand triggers' looks
+                    # are the loop's garbage).
+                    async with asyncio.timeout(budget):
+                        observed = await look(observer, patience_for(pause, self.end_time - now))
                 except TimeoutError:
                     observed = PollFailure(
                         retryable=True, message=f"the status call did not finish within {budget:.0f} s"
@@ -167,6 +182,9 @@ class BatchPollingTrigger(BaseTrigger):
                 if step.decision.done:
                     return step.decision
                 pause = step.pause
+                # Nothing of this look but the wait's last snapshot outlives it: what sleeps across the
+                # pause is promoted to the old generation, which full collections walk.
+                del step, observed
 
     def _batches_to_cancel(self) -> Sequence[str]:
         """The batches ``on_kill`` cancels."""
@@ -257,7 +275,10 @@ class OpenAIBatchTrigger(BatchPollingTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         wait = Wait(self.batch_id, self.end_time, self.schedule(), self.max_consecutive_failures)
         decision = await self._watch(
-            wait, lambda hook: hook.apoll_batch(self.batch_id), f"batch {self.batch_id}"
+            wait,
+            lambda observer, patience: observer.snapshot(self.batch_id, patience=patience),
+            f"batch {self.batch_id}",
+            (self.batch_id,),
         )
         yield self._event(build_event(self.batch_id, decision, wait.last))
 

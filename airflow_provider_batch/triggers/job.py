@@ -4,9 +4,10 @@ A job (issue 12) submits its input as several batches (shards), and the lines le
 again in later rounds. Its task defers once per round, to this trigger, rather than to one
 :class:`~airflow_provider_batch.triggers.batch.OpenAIBatchTrigger` per batch:
 
-- status calls: each look reads the batch listing, ``ceil(N / 100)`` pages for N batches
-  (:meth:`~airflow_provider_batch.hooks.batch.OpenAIBatchHook.apoll_batches`), instead of N
-  retrieves; and only batches not yet seen ended are looked for;
+- status calls: each look asks the connection's status observer
+  (:mod:`~airflow_provider_batch.observer`) for the batches not yet seen ended, which reads them
+  from the batch listing, up to 100 a page, with the other triggers' batches, instead of N
+  retrieves;
 - one deadline, one schedule and one failure budget for the round
   (:class:`~airflow_provider_batch.watch.RoundWait`, the object the hook's synchronous
   ``wait_for_batches`` drives too), one trigger row, one event when the last batch ends, with
@@ -124,8 +125,11 @@ class OpenAIBatchJobTrigger(BatchPollingTrigger):
         )
         decision = await self._watch(
             wait,
-            lambda hook: hook.apoll_batches(wait.unfinished(), created_after=self.created_after),
+            lambda observer, patience: observer.snapshots(
+                wait.unfinished(), patience=patience, created_after=self.created_after
+            ),
             f"round {self.round_number}: {len(self.batch_ids)} batches",
+            self.batch_ids,
         )
         yield self._event(build_round_event(decision, self.batch_ids, wait.last))
 

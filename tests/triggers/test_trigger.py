@@ -18,6 +18,7 @@ from airflow.triggers.base import TriggerEvent
 from airflow_provider_batch import status as status_module
 from airflow_provider_batch.emulator.process import EmulatorProcess
 from airflow_provider_batch.hooks.batch import SHARED_ASYNC_CLIENTS, OpenAIBatchHook
+from airflow_provider_batch.observer import observers
 from airflow_provider_batch.triggers.batch import OpenAIBatchTrigger
 from tests.batch_testing import DIALECTS, connection
 
@@ -311,7 +312,7 @@ async def test_polling_never_blocks_the_event_loop(
     assert worst < 0.1, f"the loop stalled for {worst * 1000:.0f} ms"
 
 
-async def test_triggers_share_one_client_and_hand_it_back(
+async def test_triggers_share_one_observer_and_client_and_hand_them_back(
     emulator: EmulatorProcess, connect: Callable, tmp_path: Path
 ) -> None:
     connect(emulator)
@@ -320,8 +321,10 @@ async def test_triggers_share_one_client_and_hand_it_back(
     runs = [asyncio.ensure_future(collect(trigger)) for trigger in triggers]
     await asyncio.sleep(0.3)
     config = await OpenAIBatchHook(conn_id=CONN_ID).aconfig()
-    assert SHARED_ASYNC_CLIENTS.users(config) >= 5  # one lease per trigger, plus polls in flight
+    assert observers()[CONN_ID].users == 5, "one observer for the connection's five triggers"
+    assert SHARED_ASYNC_CLIENTS.users(config) == 1, "whose one client lease serves them all"
     await asyncio.gather(*runs)
+    assert CONN_ID not in observers()
     assert SHARED_ASYNC_CLIENTS.users(config) == 0
 
 
