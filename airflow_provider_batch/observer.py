@@ -113,12 +113,12 @@ def plan_sweep(
         key=cost,
     )
     reach = best_pages * page_size
-    listed = tuple(
-        batch_id
-        for batch_id in batch_ids
-        if best_pages and (batch_id not in known or known[batch_id] < reach)
-    )
-    direct = tuple(batch_id for batch_id in batch_ids if batch_id not in listed)
+
+    def is_listed(batch_id: str) -> bool:
+        return best_pages > 0 and (batch_id not in known or known[batch_id] < reach)
+
+    listed = tuple(batch_id for batch_id in batch_ids if is_listed(batch_id))
+    direct = tuple(batch_id for batch_id in batch_ids if not is_listed(batch_id))
     return SweepPlan(best_pages, listed, direct)
 
 
@@ -178,7 +178,7 @@ class StatusObserver:
         :param created_after: a lower bound of the batch's creation time (server clock), when the
             caller knows one and the observer has not seen the batch yet: it bounds the listing.
         """
-        if created_after is not None:
+        if created_after is not None and batch_id in self._watchers:
             self._created.setdefault(batch_id, created_after)
         waiter: asyncio.Future[Observed] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(batch_id, []).append(waiter)

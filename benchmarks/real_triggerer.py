@@ -12,8 +12,8 @@ Sides, run one after the other on the same triggerer:
 * ``baseline``: each task defers on Airflow's own ``DateTimeTrigger``, which sleeps until the moment the
   batches would be released. Whatever warnings it gets are the triggerer's own cost of holding and
   resuming N deferred tasks on this machine, not any trigger's;
-* ``ours``: this provider's ``OpenAIBatchTrigger``, ``poll_interval`` and ``max_poll_interval`` from
-  ``--intervals``;
+* ``ours``: this provider's ``OpenAIBatchTrigger`` (its looks answered by the connection's status observer,
+  shared by the triggers on the triggerer), ``poll_interval`` and ``max_poll_interval`` from ``--intervals``;
 * ``official``: the official provider's ``OpenAIBatchTrigger``, ``poll_interval`` from ``--intervals``.
 
 Figures per side, from the triggerer's own log lines written while that side ran: how many "Triggerer's
