@@ -322,7 +322,8 @@ async def test_triggers_share_one_observer_and_client_and_hand_them_back(
     await asyncio.sleep(0.3)
     config = await OpenAIBatchHook(conn_id=CONN_ID).aconfig()
     assert observers()[CONN_ID].users == 5, "one observer for the connection's five triggers"
-    assert SHARED_ASYNC_CLIENTS.users(config) == 1, "whose one client lease serves them all"
+    # The observer's own lease, plus its sweep's while one is under way: never one per trigger.
+    assert SHARED_ASYNC_CLIENTS.users(config) in (1, 2), "whose one client serves them all"
     await asyncio.gather(*runs)
     assert CONN_ID not in observers()
     assert SHARED_ASYNC_CLIENTS.users(config) == 0
