@@ -97,6 +97,10 @@ def test_the_wheel_declares_the_dependencies_and_entry_points(wheel: Path) -> No
     requires = [Requirement(line) for line in metadata.get_all("Requires-Dist", [])]
     runtime = {(r.name, str(r.specifier)) for r in requires if r.marker is None}
     assert runtime == {(r.name, str(r.specifier)) for r in declared_dependencies()}
+    parquet = {
+        (r.name, str(r.specifier)) for r in requires if r.marker and r.marker.evaluate({"extra": "parquet"})
+    }
+    assert ("pyarrow", ">=26.0.1") in parquet, "the parquet extra brings pyarrow"
     assert "Programming Language :: Python :: 3.13" in metadata.get_all("Classifier", [])
     assert "provider_info = airflow_provider_batch.get_provider_info:get_provider_info" in entry_points
     assert "openai-batch-emulator = airflow_provider_batch.emulator.__main__:main" in entry_points
