@@ -410,3 +410,12 @@ def test_output_format_for_rejects_unknown_formats(output_format: str) -> None:
     with pytest.raises(ValueError, match=r"'jsonl' or 'parquet'") as raised:
         output_format_for("results.parquet", output_format)
     assert isinstance(raised.value, OpenAIBatchConfigError)
+
+
+def test_the_reader_of_landed_rows_knows_every_column_the_writer_writes() -> None:
+    """parquet.py reads landed rows with its own struct (the JSON columns kept raw), so the two shapes
+    are checked against each other here: a column added to the landed row must reach the table."""
+    from airflow_provider_batch.parquet import _LandedRow
+    from airflow_provider_batch.results import _Row
+
+    assert _LandedRow.__struct_fields__ == _Row.__struct_fields__
